@@ -1,0 +1,136 @@
+"""Parsers for the upstream on-disk formats: idx (MNIST family), pickled numpy arrays (the classic
+`mnist.pkl.gz`, CIFAR-10 python batches), CSV with a header (HEPMASS) and the CelebA split file.
+
+Pickles are read with a restricted unpickler that only rebuilds numpy arrays, lists, dicts and
+scalars: a data file can never run code.
+"""
+
+from __future__ import annotations
+
+__all__ = ["read_idx", "read_array_pickle", "read_cifar_batch", "read_csv_matrix", "read_partition_file"]
+
+import gzip
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+# idx type codes (third byte of the magic number) -> big-endian numpy dtypes.
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _open(path: str | Path):
+    path = Path(path)
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    r"""Reads an idx file (optionally gzipped), the format of MNIST and Fashion-MNIST.
+
+    The header is two zero bytes, a type code, the number of dimensions n, then n big-endian
+    uint32 sizes; the data follows in C order.
+
+    Example:
+        >>> import tempfile, os
+        >>> f = os.path.join(tempfile.mkdtemp(), "x-idx1-ubyte")
+        >>> _ = open(f, "wb").write(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9]))
+        >>> read_idx(f).tolist()
+        [7, 8, 9]
+    """
+    with _open(path) as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path} is not an idx file (bad magic number {raw[:4].hex()})")
+    ndim = raw[3]
+    shape = tuple(int(s) for s in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) - offset != expected:
+        raise ValueError(f"{path}: header promises shape {shape} ({expected} bytes) but holds {len(raw) - offset}")
+    return np.frombuffer(raw, dtype, offset=offset).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    # Only what numpy arrays need to be rebuilt (numpy 1.x and 2.x module names).
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+
+
+def read_array_pickle(path: str | Path):
+    r"""Loads a (possibly gzipped) pickle holding only numpy arrays and plain containers.
+
+    Python 2 pickles (the classic `mnist.pkl.gz`, CIFAR-10 batches) are read with `latin1`
+    encoding, which maps their byte strings one to one.
+    """
+    with _open(path) as f:
+        return _ArrayUnpickler(io.BufferedReader(f), encoding="latin1").load()
+
+
+def read_cifar_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    r"""Reads one CIFAR-10 python batch: returns uint8 images (N, 3, 32, 32) and int64 labels (N,).
+
+    A batch is a pickled dict with `data`, a uint8 array (N, 3072) holding each image's red, green
+    and blue 32 × 32 planes in turn, and `labels`, a list of N ints.
+    """
+    batch = read_array_pickle(path)
+    if not isinstance(batch, dict):
+        raise ValueError(f"{path} is not a CIFAR-10 batch (expected a pickled dict)")
+    batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    if "data" not in batch or "labels" not in batch:
+        raise ValueError(f"{path} is not a CIFAR-10 batch (keys {sorted(batch)}; expected 'data' and 'labels')")
+    data = np.asarray(batch["data"], dtype=np.uint8)
+    labels = np.asarray(batch["labels"], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
+        raise ValueError(f"{path}: data has shape {data.shape} and labels {labels.shape}; expected (N, 3072) and (N,)")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def read_csv_matrix(path: str | Path) -> tuple[list[str], np.ndarray]:
+    r"""Reads a numeric CSV file with one header line: returns the column names and a float64 matrix.
+
+    Trailing empty fields (a delimiter at the end of each line) are ignored.
+    """
+    with open(path) as f:
+        header = [h.strip() for h in f.readline().rstrip("\r\n").split(",")]
+        first = f.readline().rstrip("\r\n").rstrip(",")
+    while header and header[-1] == "":
+        header.pop()
+    width = len(first.split(","))
+    values = np.loadtxt(path, delimiter=",", skiprows=1, usecols=range(width), ndmin=2, dtype=np.float64)
+    return header, values
+
+
+def read_partition_file(path: str | Path) -> dict[str, int]:
+    r"""Reads CelebA's `list_eval_partition.txt`: lines `000001.jpg 0` (0 train, 1 validation, 2 test).
+
+    Example:
+        >>> import tempfile, os
+        >>> f = os.path.join(tempfile.mkdtemp(), "list_eval_partition.txt")
+        >>> _ = open(f, "w").write("000001.jpg 0\n000002.jpg 2\n")
+        >>> read_partition_file(f)
+        {'000001.jpg': 0, '000002.jpg': 2}
+    """
+    out: dict[str, int] = {}
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                raise ValueError(f"{path}:{number}: expected '<image>.jpg <0|1|2>', got {line.strip()!r}")
+            out[parts[0]] = int(parts[1])
+    return out

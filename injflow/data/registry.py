@@ -1,0 +1,155 @@
+"""The single entry point: `load_dataset(name, ...)` over a registry of loader functions.
+
+A loader is a function `loader(*, seed, root, download, **options) -> DataSplits`; its keyword
+parameters other than `seed`, `root` and `download` are exactly the options it accepts, so an
+unknown option is caught here, before any work is done.
+"""
+
+from __future__ import annotations
+
+__all__ = ["register", "load_dataset", "available_datasets", "dataset_options", "check_count", "check_noise"]
+
+import inspect
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+from .splits import DataSplits
+
+_RESERVED = ("seed", "root", "download")
+_REGISTRY: dict[str, Callable[..., DataSplits]] = {}
+_PRESETS: dict[str, tuple[str, dict]] = {}
+
+
+def register(name: str, **preset: object) -> Callable:
+    r"""Registers a loader under `name`, optionally with preset option values.
+
+    A preset makes a named variant of another loader, e.g. `conditional_mnist` is `mnist` with
+    `conditional=True`.
+
+    Arguments:
+        name: The registry name (lower case).
+        preset: Option values fixed for this name.
+
+    Returns:
+        A decorator that returns the loader unchanged.
+    """
+
+    def decorator(loader: Callable[..., DataSplits]) -> Callable[..., DataSplits]:
+        if name in _REGISTRY:
+            raise ValueError(f"data set {name!r} is registered twice")
+        _REGISTRY[name] = loader
+        if preset:
+            _PRESETS[name] = (loader.__name__, dict(preset))
+        return loader
+
+    return decorator
+
+
+def available_datasets() -> list[str]:
+    r"""Returns the names `load_dataset` accepts, sorted.
+
+    Example:
+        >>> "sinusoid" in available_datasets()
+        True
+    """
+    return sorted(_REGISTRY)
+
+
+def dataset_options(name: str) -> dict[str, object]:
+    r"""Returns the options a data set accepts with their default values.
+
+    Example:
+        >>> sorted(dataset_options("sinusoid"))
+        ['n_test', 'n_train', 'n_val', 'noise']
+    """
+    loader = _lookup(name)
+    preset = _PRESETS.get(name, (None, {}))[1]
+    return {
+        p.name: p.default
+        for p in inspect.signature(loader).parameters.values()
+        if p.kind is p.KEYWORD_ONLY and p.name not in _RESERVED and p.name not in preset
+    }
+
+
+def load_dataset(
+    name: str,
+    *,
+    seed: int = 0,
+    root: str | Path | None = None,
+    download: bool = False,
+    **options: object,
+) -> DataSplits:
+    r"""Loads a data set as seeded train/validation/test tensors.
+
+    Arguments:
+        name: One of :func:`available_datasets` (case-insensitive; `-` and `_` are the same).
+        seed: Seeds sampling (toy data) and subsetting/shuffling (real data). The same seed gives
+            the same splits.
+        root: Folder holding (or receiving) downloaded files. Default: `$INJFLOW_DATA`, else
+            `~/.cache/injflow/data`.
+        download: Whether a missing file may be downloaded. Without it, a missing file raises an
+            error saying where to put which file. Never prompts.
+        options: Data set specific options, e.g. `n_train`, `noise`, `flatten`; see
+            :func:`dataset_options`. An unknown option raises a `ValueError` naming it.
+
+    Returns:
+        A :class:`DataSplits`.
+
+    Example:
+        >>> data = load_dataset("sinusoid", n_train=100, n_val=10, n_test=10, noise=0.1)
+        >>> data.train.shape, data.kind
+        (torch.Size([100, 2]), 'toy')
+    """
+    key = _normalise(name)
+    loader = _lookup(key)
+    allowed = dataset_options(key)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for data set {key!r}; "
+            f"it accepts: {', '.join(sorted(allowed)) or '(none)'}"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    kwargs = {**_PRESETS.get(key, (None, {}))[1], **options}
+    return loader(seed=seed, root=root, download=bool(download), **kwargs)
+
+
+def check_count(option: str, value: object, *, allow_none: bool = False, minimum: int = 1) -> int | None:
+    r"""Validates an integer option such as `n_train`; returns it.
+
+    Example:
+        >>> check_count("n_train", 5)
+        5
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"option {option} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_noise(option: str, value: object) -> float:
+    r"""Validates a non-negative finite float option such as `noise`; returns it as float.
+
+    Example:
+        >>> check_noise("noise", 0.1)
+        0.1
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"option {option} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _normalise(name: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"data set name must be a string, got {type(name).__name__}")
+    return name.strip().lower().replace("-", "_")
+
+
+def _lookup(name: str) -> Callable[..., DataSplits]:
+    key = _normalise(name)
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown data set {name!r}; available: {', '.join(available_datasets())}")
+    return _REGISTRY[key]
