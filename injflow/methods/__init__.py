@@ -1,0 +1,22 @@
+"""Training objectives: one small dataclass per method, all behind :class:`Method` and a registry.
+
+Importing this package registers the built-in methods (``fif``, ``ae``).
+"""
+
+from .ae import AE
+from .base import METHODS, Method, ModelLike, build_method, method_class, register_method
+from .fif import FIF
+from .schedules import Schedule, as_schedule
+
+__all__ = [
+    "AE",
+    "FIF",
+    "METHODS",
+    "Method",
+    "ModelLike",
+    "Schedule",
+    "as_schedule",
+    "build_method",
+    "method_class",
+    "register_method",
+]

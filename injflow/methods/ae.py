@@ -1,0 +1,29 @@
+r"""Plain autoencoder: reconstruction only (the reference baseline of Kumar et al. 2020, §4 "AE")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from .base import Method, ModelLike, register_method
+
+__all__ = ["AE"]
+
+
+@register_method("ae")
+@dataclass
+class AE(Method):
+    r"""Autoencoder trained on the squared reconstruction error :math:`\|g(f(x)) - x\|^2` (summed over dimensions).
+
+    Example:
+        >>> method = AE()
+        >>> terms = method.loss(x, step=0, model=model)  # doctest: +SKIP
+        >>> terms["loss"].shape                           # doctest: +SKIP
+        torch.Size([B])
+    """
+
+    def loss(self, batch: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:
+        x_hat = model.decode(model.encode(batch))
+        reconstruction = (x_hat - batch).flatten(1).pow(2).sum(1)
+        return {"loss": reconstruction, "reconstruction": reconstruction}

@@ -1,0 +1,121 @@
+r"""The method interface: one training objective as hyper-parameters + schedules, never networks.
+
+A *method* turns a batch into a dict of loss terms. The engine (:mod:`injflow.train`) owns the
+networks, the latent distribution, the optimiser and the loop; it calls
+
+.. code-block:: python
+
+    terms = method.loss(batch, step, model)   # model.encode, model.decode, model.latent
+
+and minimises ``terms["loss"].mean()``. Every other entry is logged (its mean when per-sample).
+New objectives subclass :class:`Method`, declare their hyper-parameters as dataclass fields (the config
+validator reads their names, types and defaults) and register themselves with :func:`register_method`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, ClassVar, Protocol
+
+from torch import Tensor
+
+from .schedules import Schedule, as_schedule
+
+__all__ = ["Method", "ModelLike", "register_method", "build_method", "method_class", "METHODS"]
+
+
+class ModelLike(Protocol):
+    """What a method may use from the model: the two maps and the latent distribution."""
+
+    latent: Any
+
+    def encode(self, x: Tensor) -> Tensor: ...
+
+    def decode(self, z: Tensor) -> Tensor: ...
+
+
+#: Registered methods by config name.
+METHODS: dict[str, type["Method"]] = {}
+
+
+def register_method(name: str) -> Callable[[type["Method"]], type["Method"]]:
+    """Class decorator registering a :class:`Method` under a config name.
+
+    Example:
+        >>> @register_method("my_ae")
+        ... @dataclasses.dataclass
+        ... class MyAE(Method):
+        ...     def loss(self, batch, step, model):
+        ...         r = (model.decode(model.encode(batch)) - batch).flatten(1).pow(2).sum(1)
+        ...         return {"loss": r, "reconstruction": r}
+    """
+
+    def deco(cls: type["Method"]) -> type["Method"]:
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"method {cls.__name__} must be a dataclass")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return deco
+
+
+def method_class(name: str) -> type["Method"]:
+    """The method class registered under ``name``."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
+    return METHODS[name]
+
+
+def build_method(name: str, **options: Any) -> "Method":
+    """Builds a registered method from its keyword options (validated by the dataclass)."""
+    return method_class(name)(**options)
+
+
+@dataclasses.dataclass
+class Method:
+    """Base class of all training objectives.
+
+    Subclasses are dataclasses; fields are hyper-parameters. A field whose value may be a schedule
+    (a number or ``{schedule: ..., ...}``) is read at a step with :meth:`weight`.
+
+    Attributes:
+        total_steps: The run's number of optimiser steps, set by the engine before training so
+            schedules such as ``linear`` know where they end (``None`` = unknown).
+    """
+
+    name: ClassVar[str] = "method"
+    #: Names of fields that accept a schedule; they are logged at every step.
+    scheduled: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        self.total_steps: int | None = None
+        self._schedules: dict[str, Schedule] = {k: as_schedule(getattr(self, k), k) for k in self.scheduled}
+
+    def weight(self, key: str, step: int) -> float:
+        """The value of the scheduled hyper-parameter ``key`` at optimiser step ``step``."""
+        return self._schedules[key](step, self.total_steps)
+
+    def weights(self, step: int) -> dict[str, float]:
+        """All scheduled hyper-parameters at ``step`` (for logging)."""
+        return {k: self.weight(k, step) for k in self.scheduled}
+
+    def check(self, *, latent_dim: int, data_dim: int) -> None:
+        """Raises ``ValueError("<field>: ...")`` when a hyper-parameter is impossible for these dimensions."""
+
+    def loss(self, batch: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:
+        """The loss terms for one batch.
+
+        Arguments:
+            batch: Data, shape ``(B, *data_shape)``.
+            step: The optimiser step (drives schedules).
+            model: Provides ``encode``, ``decode`` and ``latent``.
+
+        Returns:
+            A dict of per-sample ``(B,)`` or scalar tensors containing ``"loss"``.
+        """
+        raise NotImplementedError  # pragma: no cover
+
+    def options(self) -> dict[str, Any]:
+        """The hyper-parameters as a plain dict (the config's ``method`` section minus ``name``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}

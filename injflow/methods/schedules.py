@@ -1,0 +1,117 @@
+r"""Weight schedules: a hyper-parameter as a function of the optimiser step.
+
+A config value for a schedulable weight is either a number (constant) or a mapping with a
+``schedule`` key:
+
+* ``{schedule: linear, start: 20, end: 40}`` — linear from ``start`` at step 0 to ``end`` at the last
+  step (or at ``steps``, then held), as FIF's β in App. E.3;
+* ``{schedule: penalty, start: 1, rate: 0.001, nu: 1.3}`` — :math:`\text{start} + \text{rate}\cdot i^\nu`,
+  Kumar et al.'s penalty growth :math:`1 + i^\nu/1000` (§4);
+* ``{schedule: constant, value: 10}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Schedule", "Constant", "Linear", "Penalty", "as_schedule", "SCHEDULES"]
+
+
+class Schedule:
+    """A weight as a function of ``(step, total_steps)``; ``total_steps`` may be ``None`` when unknown."""
+
+    def __call__(self, step: int, total_steps: int | None = None) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def bounds(self) -> tuple[float, float]:
+        """The smallest and largest values over any training length (for validation)."""
+        raise NotImplementedError  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class Constant(Schedule):
+    """A constant weight."""
+
+    value: float
+
+    def __call__(self, step: int, total_steps: int | None = None) -> float:
+        return float(self.value)
+
+    def bounds(self) -> tuple[float, float]:
+        return (float(self.value), float(self.value))
+
+
+@dataclass(frozen=True)
+class Linear(Schedule):
+    r"""Linear interpolation :math:`a + (b - a)\min(1, i / n)`, with :math:`n` = ``steps`` or the run's length."""
+
+    start: float
+    end: float
+    steps: int | None = None
+
+    def __call__(self, step: int, total_steps: int | None = None) -> float:
+        n = self.steps if self.steps is not None else total_steps
+        if not n or n <= 1:
+            return float(self.start)
+        frac = min(1.0, max(0.0, step / (n - 1)))
+        return float(self.start + (self.end - self.start) * frac)
+
+    def bounds(self) -> tuple[float, float]:
+        return (min(self.start, self.end), max(self.start, self.end))
+
+
+@dataclass(frozen=True)
+class Penalty(Schedule):
+    r"""Penalty-method growth :math:`\text{start} + \text{rate}\cdot i^{\nu}` (Kumar et al. 2020, §4: 1 + i^ν/1000)."""
+
+    start: float = 1.0
+    rate: float = 1e-3
+    nu: float = 1.0
+
+    def __call__(self, step: int, total_steps: int | None = None) -> float:
+        return float(self.start + self.rate * float(step) ** self.nu)
+
+    def bounds(self) -> tuple[float, float]:
+        return (self.start, float("inf")) if self.rate >= 0 else (float("-inf"), self.start)
+
+
+SCHEDULES: dict[str, type[Schedule]] = {"constant": Constant, "linear": Linear, "penalty": Penalty}
+
+
+def as_schedule(value: Any, key: str = "value") -> Schedule:
+    """Turns a number or a ``{schedule: ..., ...}`` mapping into a :class:`Schedule`.
+
+    Arguments:
+        value: A number, a :class:`Schedule`, or a mapping with a ``schedule`` key and its arguments.
+        key: The config key, named in error messages.
+
+    Returns:
+        The schedule.
+
+    Example:
+        >>> as_schedule({"schedule": "linear", "start": 20, "end": 40})(5, total_steps=11)
+        30.0
+    """
+    if isinstance(value, Schedule):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"{key}: expected a number or a schedule mapping, got {value!r}")
+    if isinstance(value, (int, float)):
+        return Constant(float(value))
+    if isinstance(value, dict):
+        options = dict(value)
+        name = options.pop("schedule", None)
+        if name not in SCHEDULES:
+            raise ValueError(f"{key}: 'schedule' must be one of {sorted(SCHEDULES)}, got {name!r}")
+        try:
+            sched = SCHEDULES[name](**options)
+        except TypeError as e:
+            raise ValueError(f"{key}: bad arguments for schedule {name!r}: {e}") from None
+        for k, v in options.items():
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise ValueError(f"{key}.{k}: expected a number, got {v!r}")
+        if isinstance(sched, Linear) and sched.steps is not None and sched.steps < 1:
+            raise ValueError(f"{key}.steps: must be >= 1, got {sched.steps}")
+        return sched
+    raise ValueError(f"{key}: expected a number or a schedule mapping, got {value!r}")
