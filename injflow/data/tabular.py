@@ -282,54 +282,22 @@ def _sklearn_standin(name: str, seed: int, sizes: dict, conditional: bool) -> Da
     return _tabular_splits(name, splits, seed, sizes, info, labels)
 
 
-@register("breast_cancer")
-def load_breast_cancer(
+@register("breast_cancer", standin="breast_cancer")
+@register("wine", standin="wine")
+@register("iris", standin="iris")
+# No labels for diabetes: its target is a regression value.
+@register("diabetes", standin="diabetes", conditional=False)
+def load_sklearn_standin(
     *,
     seed: int,
     root,
     download: bool,
+    standin: str,
     n_train: int | None = None,
     n_val: int | None = None,
     n_test: int | None = None,
     conditional: bool = False,
 ) -> DataSplits:
-    r"""scikit-learn breast cancer (569 × 30), offline; `conditional=True` returns the class labels."""
-    return _sklearn_standin("breast_cancer", seed, {"train": n_train, "val": n_val, "test": n_test}, conditional)
-
-
-@register("wine")
-def load_wine(
-    *,
-    seed: int,
-    root,
-    download: bool,
-    n_train: int | None = None,
-    n_val: int | None = None,
-    n_test: int | None = None,
-    conditional: bool = False,
-) -> DataSplits:
-    r"""scikit-learn wine (178 × 13), offline; `conditional=True` returns the class labels."""
-    return _sklearn_standin("wine", seed, {"train": n_train, "val": n_val, "test": n_test}, conditional)
-
-
-@register("iris")
-def load_iris(
-    *,
-    seed: int,
-    root,
-    download: bool,
-    n_train: int | None = None,
-    n_val: int | None = None,
-    n_test: int | None = None,
-    conditional: bool = False,
-) -> DataSplits:
-    r"""scikit-learn iris (150 × 4), offline; `conditional=True` returns the class labels."""
-    return _sklearn_standin("iris", seed, {"train": n_train, "val": n_val, "test": n_test}, conditional)
-
-
-@register("diabetes")
-def load_diabetes(
-    *, seed: int, root, download: bool, n_train: int | None = None, n_val: int | None = None, n_test: int | None = None
-) -> DataSplits:
-    r"""scikit-learn diabetes (442 × 10, raw features), offline; no labels (its target is a regression value)."""
-    return _sklearn_standin("diabetes", seed, {"train": n_train, "val": n_val, "test": n_test}, False)
+    r"""Offline scikit-learn stand-ins for the MAF tabular sets: breast_cancer (569 × 30), wine (178 × 13),
+    iris (150 × 4), diabetes (442 × 10, raw features); `conditional=True` returns the class labels."""
+    return _sklearn_standin(standin, seed, {"train": n_train, "val": n_val, "test": n_test}, conditional)
