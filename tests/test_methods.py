@@ -134,3 +134,21 @@ def test_each_method_learns_the_sinusoid_through_the_engine(tmp_path, method):
         rec1 = (flow.decode(flow.encode(test)) - test).pow(2).sum(1).mean()
     print(method["name"], float(rec0), float(rec1))
     assert rec1 < rec0 / 4, (float(rec0), float(rec1))
+
+
+@pytest.mark.parametrize("name", ["vae", "ae_sn"])
+def test_methods_that_prepare_the_nets_train_save_and_reload(tmp_path, name):
+    """`Method.prepare` (VAE posterior network, AE+SN spectral norm) runs wherever a model is built or loaded."""
+    from injflow.api import fit
+    from injflow.train.config import load_config
+    from injflow.train.model import InjectiveFlow
+
+    overrides = [f"method={{name: {name}}}", "train.max_epochs=1", "data.options.n_train=512", "data.batch_size=128",
+                 "model.options.n_blocks=1", "model.options.hidden_features=16", "train.samplers=[]", f"run.dir={tmp_path}"]
+    flow = fit(load_config(None, overrides), verbose=False).flow
+    again = InjectiveFlow.load(tmp_path / "model.pt")
+    x = torch.randn(8, 2)
+    flow.eval(), again.eval()
+    with torch.no_grad():
+        assert torch.allclose(flow.encode(x), again.encode(x), atol=1e-6)
+        assert torch.allclose(flow.decode(flow.encode(x)), again.decode(again.encode(x)), atol=1e-6)

@@ -1,7 +1,8 @@
 """Training objectives: one small dataclass per method, all behind :class:`Method` and a registry.
 
 Importing this package registers the built-in methods (``fif``, ``ae``, ``injflow_ln``, ``injflow``,
-``rectangular_flow``, ``exact``).
+``rectangular_flow``, ``exact``) and the baselines (``ae_l2``, ``ae_sn``, ``cae``, ``rae_l2``, ``rae_gp``, ``vae``,
+``beta_vae``, ``wae_mmd``).
 """
 
 from .ae import AE
@@ -9,10 +10,22 @@ from .base import METHODS, Method, ModelLike, build_method, method_class, regist
 from .fif import FIF
 from .kumar import InjFlow, InjFlowLn
 from .rectangular import ExactFlow, RectangularFlow
+from .regularised import AEL2, AESN, CAE, RAEGP, RAEL2
 from .schedules import Schedule, as_schedule
+from .vae import VAE, BetaVAE, GaussianEncoder
+from .wae import WAEMMD
 
 __all__ = [
     "AE",
+    "AEL2",
+    "AESN",
+    "BetaVAE",
+    "CAE",
+    "GaussianEncoder",
+    "RAEGP",
+    "RAEL2",
+    "VAE",
+    "WAEMMD",
     "FIF",
     "ExactFlow",
     "InjFlow",

@@ -103,6 +103,17 @@ class Method:
     def check(self, *, latent_dim: int, data_dim: int) -> None:
         """Raises ``ValueError("<field>: ...")`` when a hyper-parameter is impossible for these dimensions."""
 
+    def prepare(self, model: ModelLike) -> None:
+        """Changes the model's nets in place for this method (idempotent); default: nothing.
+
+        The engine calls it on every model it builds or loads for this method, before the optimiser and the
+        EMA copy exist, so checkpoints and saved models match (e.g. AE+SN's spectral norm, a VAE's posterior
+        network).
+        """
+
+    def finalize(self, model: ModelLike) -> None:
+        """Optionally turns a trained model into plain nets, undoing :meth:`prepare`; default: nothing."""
+
     def loss(self, batch: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:
         """The loss terms for one batch.
 

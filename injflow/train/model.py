@@ -131,7 +131,9 @@ class InjectiveFlow(nn.Module):
         m = config.model
         encoder, decoder = build_autoencoder(m.architecture, data_shape=tuple(data_shape), latent_dim=m.latent_dim, **m.options)
         latent = build_latent(m.latent.name, m.latent_dim, **m.latent.options)
-        return cls(encoder, decoder, latent, data_shape=tuple(data_shape), config=config_to_dict(config))
+        flow = cls(encoder, decoder, latent, data_shape=tuple(data_shape), config=config_to_dict(config))
+        config.build_method().prepare(flow)  # the nets as the config's method trains them (e.g. ae_sn, vae)
+        return flow
 
     @property
     def latent_dim(self) -> int:
@@ -313,6 +315,10 @@ class InjectiveFlow(nn.Module):
             flow = cls.from_config(blob["config"], data_shape=tuple(blob["data_shape"]))
             encoder, decoder = flow.encoder, flow.decoder
         flow = cls(encoder, decoder, latent, data_shape=blob["data_shape"], config=blob.get("config"))
+        if blob.get("config"):  # the nets as the saved method trained them (idempotent for rebuilt nets)
+            from .config import config_from_dict
+
+            config_from_dict(blob["config"]).build_method().prepare(flow)
         missing, unexpected = flow.load_state_dict(blob["nets"], strict=False)
         bad = [k for k in missing if k.startswith(("encoder.", "decoder."))] + list(unexpected)
         if bad:

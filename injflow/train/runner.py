@@ -93,6 +93,7 @@ def _build(config: Config, data: RunData, flow: InjectiveFlow | None):
             flow = InjectiveFlow.from_config(config, data_shape=data.data_shape)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"model: {e}") from None
+    method.prepare(flow)  # e.g. spectral norm (ae_sn), posterior network (vae); before the optimiser and EMA exist
     return flow, method
 
 
