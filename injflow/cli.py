@@ -67,6 +67,34 @@ def sample_run(run: str | Path, *, n: int, sampler: str = "prior", temperature: 
     return out
 
 
+def _method_terms(config, flow, x, run: Path, *, seed: int, batch_size: int) -> dict[str, float]:
+    """The run's own loss terms (means over ``x``) at its last step, in evaluation mode with seeded noise, so
+    that any two methods can be compared on the same split (reconstruction, latent statistics and these)."""
+    import torch
+
+    method = config.build_method()
+    step = 0
+    last = run / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        step = int(torch.load(last, map_location="cpu", weights_only=False).get("global_step", 0))
+    method.total_steps = max(step, 1)
+    device = next(flow.parameters()).device
+    sums: dict[str, float] = {}
+    was_training = flow.training
+    flow.eval()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for batch in x.split(batch_size):
+            batch = batch.to(device)
+            with torch.enable_grad():  # the estimators differentiate through the nets
+                terms = method.loss(batch, step, flow)
+            for k, v in terms.items():
+                v = v.detach()
+                sums[k] = sums.get(k, 0.0) + float(v.sum() if v.ndim else v * batch.shape[0])
+    flow.train(was_training)
+    return {k: v / x.shape[0] for k, v in sums.items()}
+
+
 def evaluate_run(
     run: str | Path,
     *,
@@ -119,6 +147,8 @@ def evaluate_run(
         exact_nll_max_dim=exact_nll_max_dim, batch_size=batch_size, progress=progress,
     )
     metrics: dict[str, Any] = {"run": str(run), **evaluation.metrics}
+    metrics["method_terms"] = _method_terms(config, flow, x, run, seed=config.train.seed if seed is None else seed,
+                                            batch_size=batch_size)
     out = run / "metrics.json"
     tmp = out.with_name(".metrics.json.tmp")
     tmp.write_text(json.dumps(metrics, indent=2))

@@ -86,6 +86,11 @@ def test_fit_sample_evaluate(tmp_path, capsys):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["reconstruction_error"] > 0 and metrics["nll"] is not None and metrics["latent_dim"] == 1
     assert len(metrics["latent"]["mean"]) == 1
+    # The method's own terms on the split, comparable across methods; FIF's reconstruction term is the same
+    # quantity as the evaluation's reconstruction error.
+    terms = metrics["method_terms"]
+    assert set(terms) >= {"loss", "nll", "reconstruction", "surrogate"}
+    assert abs(terms["reconstruction"] - metrics["reconstruction_error"]) < 1e-4 * max(1.0, metrics["reconstruction_error"])
 
 
 def test_resume_missing_run(tmp_path, capsys):
