@@ -24,6 +24,16 @@ def _plt():
     return plt
 
 
+def _save(fig, out: str | Path, *, dpi: int) -> Path:
+    """Lays out, writes (creating the folder) and closes a figure."""
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    _plt().close(fig)
+    return out
+
+
 def plot_loss_curves(metrics_csv: str | Path, out: str | Path) -> Path | None:
     """One panel per logged term: training (per epoch) and validation curves against the optimiser step.
 
@@ -72,12 +82,7 @@ def plot_loss_curves(metrics_csv: str | Path, out: str | Path) -> Path | None:
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(terms):]:
         ax.axis("off")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out, dpi=110)
 
 
 @torch.no_grad()
@@ -131,12 +136,7 @@ def plot_manifold(flow, data: Tensor, out: str | Path, *, samplers: list[str] | 
         ax.set_xlim(*span[0])
         ax.set_ylim(*span[1])
         ax.legend(loc="lower right", fontsize=7)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out, dpi=110)
 
 
 def plot_image_grid(images: Tensor, out: str | Path, *, ncol: int = 8, title: str | None = None) -> Path:
@@ -160,12 +160,7 @@ def plot_image_grid(images: Tensor, out: str | Path, *, ncol: int = 8, title: st
             ax.imshow(img[:3].permute(1, 2, 0).numpy())
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, out, dpi=100)
 
 
 def draw_run_pictures(flow, *, kind: str, test: Tensor, plots_dir: str | Path, metrics_csv: str | Path | None = None, seed: int = 0) -> list[Path]:
