@@ -18,6 +18,7 @@ fitted with scikit-learn).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -49,6 +50,35 @@ def _check_temperature(temperature: float) -> float:
     if not temperature > 0 or not math.isfinite(temperature):
         raise ValueError(f"temperature must be a positive finite number, got {temperature}")
     return temperature
+
+
+def _stable_cholesky(covariance: Tensor) -> Tensor:
+    """Cholesky factor(s) of (batched) covariances, computed in float64.
+
+    Codes of a plain autoencoder can have covariances with condition numbers of 1e8 and more; such a matrix
+    is positive definite in float64 but not after rounding to float32, so the factor is always taken in
+    float64, and when even that fails a ridge relative to the mean variance is added (with a warning)
+    instead of failing after a finished training run.
+    """
+    cov = covariance.double()
+    factor, info = torch.linalg.cholesky_ex(cov)
+    if not bool((info != 0).any()):
+        return factor
+    eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+    scale = cov.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(torch.finfo(cov.dtype).tiny)[..., None, None]
+    for jitter in (1e-10, 1e-8, 1e-6, 1e-4, 1e-2):
+        factor, info = torch.linalg.cholesky_ex(cov + jitter * scale * eye)
+        if not bool((info != 0).any()):
+            warnings.warn(
+                f"covariance not positive definite; added a ridge of {jitter:g} x its mean variance",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return factor
+    raise ValueError(
+        "covariance is not positive definite even with a ridge of 1e-2 x its mean variance; "
+        "check the codes for collapsed or constant dimensions"
+    )
 
 
 def _randn(n: int, dim: int, ref: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -224,19 +254,24 @@ class FullCovarianceGaussian(LatentDistribution):
     Arguments:
         mean: The mean, shape ``(d,)``.
         covariance: The covariance, shape ``(d, d)``, symmetric positive definite.
+        scale_tril: Its Cholesky factor when already known (a saved model); computed in float64 otherwise.
     """
 
     name = "gaussian"
 
-    def __init__(self, mean: Tensor, covariance: Tensor):
+    def __init__(self, mean: Tensor, covariance: Tensor, scale_tril: Tensor | None = None):
         mean = torch.as_tensor(mean)
         super().__init__(mean.shape[-1])
-        covariance = torch.as_tensor(covariance).to(mean)
+        covariance = torch.as_tensor(covariance)
         if covariance.shape != (self.dim, self.dim):
             raise ValueError(f"covariance must have shape ({self.dim}, {self.dim}), got {tuple(covariance.shape)}")
+        # The factor comes from the covariance as given (float64 when fitted), before any cast.
+        scale_tril = _stable_cholesky(covariance) if scale_tril is None else torch.as_tensor(scale_tril)
+        if scale_tril.shape != covariance.shape:
+            raise ValueError(f"scale_tril must have shape {tuple(covariance.shape)}, got {tuple(scale_tril.shape)}")
         self.register_buffer("mean", mean.clone())
-        self.register_buffer("covariance", covariance.clone())
-        self.register_buffer("scale_tril", torch.linalg.cholesky(covariance.double()).to(mean))
+        self.register_buffer("covariance", covariance.to(mean).clone())
+        self.register_buffer("scale_tril", scale_tril.to(mean))
 
     def log_prob(self, z: Tensor) -> Tensor:
         _check_z(z, self.dim)
@@ -249,7 +284,13 @@ class FullCovarianceGaussian(LatentDistribution):
         return self.mean + t * eps @ self.scale_tril.T
 
     def spec(self) -> dict[str, Any]:
-        return {"name": self.name, "dim": self.dim, "mean": self.mean.cpu(), "covariance": self.covariance.cpu()}
+        return {
+            "name": self.name,
+            "dim": self.dim,
+            "mean": self.mean.cpu(),
+            "covariance": self.covariance.cpu(),
+            "scale_tril": self.scale_tril.cpu(),
+        }
 
 
 class GaussianMixture(LatentDistribution):
@@ -263,25 +304,32 @@ class GaussianMixture(LatentDistribution):
         weights: Mixture weights, shape ``(K,)``, summing to one.
         means: Component means, shape ``(K, d)``.
         covariances: Component covariances, shape ``(K, d, d)``.
+        scale_tril: Their Cholesky factors when already known (a saved model); computed in float64 otherwise.
     """
 
     name = "gmm"
 
-    def __init__(self, weights: Tensor, means: Tensor, covariances: Tensor):
+    def __init__(self, weights: Tensor, means: Tensor, covariances: Tensor, scale_tril: Tensor | None = None):
         means = torch.as_tensor(means)
         super().__init__(means.shape[-1])
         weights = torch.as_tensor(weights).to(means)
-        covariances = torch.as_tensor(covariances).to(means)
+        covariances = torch.as_tensor(covariances)
         k = means.shape[0]
         if weights.shape != (k,) or covariances.shape != (k, self.dim, self.dim):
             raise ValueError(
                 f"inconsistent GMM shapes: weights {tuple(weights.shape)}, means {tuple(means.shape)}, "
                 f"covariances {tuple(covariances.shape)}"
             )
+        if (weights < 0).any() or not torch.isclose(weights.double().sum(), torch.tensor(1.0, dtype=torch.float64), atol=1e-4):
+            raise ValueError(f"GMM weights must be non-negative and sum to one, got {weights.tolist()}")
+        # The factors come from the covariances as given (float64 when fitted), before any cast.
+        scale_tril = _stable_cholesky(covariances) if scale_tril is None else torch.as_tensor(scale_tril)
+        if scale_tril.shape != covariances.shape:
+            raise ValueError(f"scale_tril must have shape {tuple(covariances.shape)}, got {tuple(scale_tril.shape)}")
         self.register_buffer("weights", weights.clone())
         self.register_buffer("means", means.clone())
-        self.register_buffer("covariances", covariances.clone())
-        self.register_buffer("scale_tril", torch.linalg.cholesky(covariances.double()).to(means))
+        self.register_buffer("covariances", covariances.to(means).clone())
+        self.register_buffer("scale_tril", scale_tril.to(means))
 
     @property
     def n_components(self) -> int:
@@ -306,6 +354,7 @@ class GaussianMixture(LatentDistribution):
             "weights": self.weights.cpu(),
             "means": self.means.cpu(),
             "covariances": self.covariances.cpu(),
+            "scale_tril": self.scale_tril.cpu(),
         }
 
     def extra_repr(self) -> str:
@@ -358,9 +407,9 @@ def distribution_from_spec(spec: dict[str, Any]) -> LatentDistribution:
     name = spec.pop("name")
     dim = spec.pop("dim")
     if name == FullCovarianceGaussian.name:
-        return FullCovarianceGaussian(spec["mean"], spec["covariance"])
+        return FullCovarianceGaussian(spec["mean"], spec["covariance"], spec.get("scale_tril"))
     if name == GaussianMixture.name:
-        return GaussianMixture(spec["weights"], spec["means"], spec["covariances"])
+        return GaussianMixture(spec["weights"], spec["means"], spec["covariances"], spec.get("scale_tril"))
     return build_latent(name, dim, **spec)
 
 
@@ -389,7 +438,8 @@ def fit_gaussian(z: Tensor, *, reg: float = 1e-6) -> FullCovarianceGaussian:
     mean = arr.mean(0)
     cov = np.cov(arr, rowvar=False, bias=True).reshape(arr.shape[1], arr.shape[1]) + reg * np.eye(arr.shape[1])
     dtype = z.dtype if z.is_floating_point() else torch.float32
-    return FullCovarianceGaussian(torch.tensor(mean, dtype=dtype), torch.tensor(cov, dtype=dtype))
+    # Built in float64 so the Cholesky factor is exact, then cast (see _stable_cholesky).
+    return FullCovarianceGaussian(torch.tensor(mean), torch.tensor(cov)).to(dtype)
 
 
 def fit_gmm(z: Tensor, *, n_components: int = 10, seed: int = 0, reg: float = 1e-6, max_iter: int = 200) -> GaussianMixture:
@@ -411,11 +461,20 @@ def fit_gmm(z: Tensor, *, n_components: int = 10, seed: int = 0, reg: float = 1e
     if n_components < 1:
         raise ValueError(f"n_components must be >= 1, got {n_components}")
     k = min(int(n_components), arr.shape[0])
+    n, d = arr.shape
+    if n / k <= d:
+        # A full covariance needs more than d points; below that it is singular and only reg_covar holds it up.
+        warnings.warn(
+            f"fitting {k} full-covariance components to {n} codes of dimension {d}: about {n / k:.0f} codes per "
+            f"component, not more than d; use fewer components (e.g. {max(1, n // (2 * d))}) or more data",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     gmm = SkGMM(n_components=k, covariance_type="full", random_state=seed, reg_covar=reg, max_iter=max_iter)
     gmm.fit(arr)
     dtype = z.dtype if z.is_floating_point() else torch.float32
-    as_t = lambda a: torch.tensor(a, dtype=dtype)  # noqa: E731
-    return GaussianMixture(as_t(gmm.weights_), as_t(gmm.means_), as_t(gmm.covariances_))
+    # Built in float64 so the Cholesky factors are exact, then cast (see _stable_cholesky).
+    return GaussianMixture(torch.tensor(gmm.weights_), torch.tensor(gmm.means_), torch.tensor(gmm.covariances_)).to(dtype)
 
 
 def fit_sampler(name: str, z: Tensor, **options: Any) -> LatentDistribution:
