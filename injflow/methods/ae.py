@@ -24,6 +24,6 @@ class AE(Method):
     """
 
     def loss(self, batch: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:
-        x_hat = model.decode(model.encode(batch))
-        reconstruction = (x_hat - batch).flatten(1).pow(2).sum(1)
-        return {"loss": reconstruction, "reconstruction": reconstruction}
+        z = model.encode(batch)
+        reconstruction = (model.decode(z) - batch).flatten(1).pow(2).sum(1)
+        return {"loss": reconstruction, "reconstruction": reconstruction, "latent_sq_norm": z.detach().flatten(1).pow(2).sum(1)}

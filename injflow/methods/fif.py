@@ -82,4 +82,6 @@ class FIF(Method):
             trace_space=self.trace_space,
             mode=self.mode,
         )
-        return {k: out[k] for k in ("loss", "nll", "reconstruction", "surrogate") if k in out}
+        terms = {k: out[k] for k in ("loss", "nll", "reconstruction", "surrogate") if k in out}
+        terms["latent_sq_norm"] = out["z"].detach().flatten(1).pow(2).sum(1)  # logged only (every method reports it)
+        return terms

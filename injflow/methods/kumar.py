@@ -64,6 +64,7 @@ class _KumarMethod(Method):
             "reconstruction": t["reconstruction"],
             self.jacobian_term: t[self.jacobian_term],
             "injectivity": t["injectivity"],
+            "latent_sq_norm": t["z"].detach().flatten(1).pow(2).sum(1),  # logged only (every method reports it)
         }
 
 

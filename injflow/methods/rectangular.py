@@ -31,7 +31,12 @@ class _BetaMethod(Method):
     def _assemble(self, batch: Tensor, z: Tensor, x_hat: Tensor, volume: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:
         reconstruction = (x_hat - batch).flatten(1).pow(2).sum(1)
         nll = -model.latent.log_prob(z) + volume
-        return {"loss": nll + self.weight("beta", step) * reconstruction, "nll": nll, "reconstruction": reconstruction}
+        return {
+            "loss": nll + self.weight("beta", step) * reconstruction,
+            "nll": nll,
+            "reconstruction": reconstruction,
+            "latent_sq_norm": z.detach().flatten(1).pow(2).sum(1),  # logged only (every method reports it)
+        }
 
 
 @register_method("rectangular_flow")
