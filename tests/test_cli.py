@@ -116,3 +116,44 @@ def test_ddp_two_cpu_processes_match_single(tmp_path):
     single = _ddp_run(tmp_path, "single", 1, "auto")
     ddp = _ddp_run(tmp_path, "ddp", 2, "ddp")
     assert torch.allclose(single, ddp, atol=1e-5, rtol=1e-4), (single - ddp).abs().max()
+
+
+_NAN_ON_ONE_RANK = """
+import dataclasses, sys
+import torch
+import injflow.api as inj
+from injflow.methods import register_method
+from injflow.methods.ae import AE
+
+
+@register_method("ae_nan_on_rank_1")
+@dataclasses.dataclass
+class NanOnRank1(AE):
+    def loss(self, batch, step, model):
+        terms = super().loss(batch, step, model)
+        if step == 2 and torch.distributed.is_initialized() and torch.distributed.get_rank() == 1:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+
+if __name__ == "__main__":
+    try:
+        inj.fit(None, overrides=sys.argv[2:] + ["method={name: ae_nan_on_rank_1}"], run_dir=sys.argv[1], verbose=False)
+    except Exception as e:  # the API re-raises; report which error reached this process
+        print("ERROR", type(e).__name__, e, flush=True)
+        raise SystemExit(3)
+"""
+
+
+def test_ddp_nan_on_one_rank_stops_every_rank(tmp_path):
+    """A NaN on one of two DDP processes stops both with the clear error, instead of leaving one waiting forever."""
+    script = tmp_path / "nan_on_rank_1.py"
+    script.write_text(_NAN_ON_ONE_RANK)
+    args = [*FAST, "train.max_epochs=1", "train.samplers=[]", "train.accelerator=cpu", "train.devices=2",
+            "train.strategy=ddp", "data.batch_size=100"]
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=240, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "non-finite loss at optimiser step 2" in out, out[-3000:]
+    assert "another process" in out, out[-3000:]  # rank 0, whose own loss was finite, stopped too

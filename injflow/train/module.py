@@ -121,11 +121,18 @@ class FlowModule(L.LightningModule):
         if "loss" not in terms:
             raise KeyError(f"method {self.method.name!r} returned no 'loss' term (got {sorted(terms)})")
         loss = terms["loss"].mean()
-        if not torch.isfinite(loss):
+        here = not bool(torch.isfinite(loss))
+        anywhere = here
+        if self.trainer.world_size > 1:
+            # Collective: a rank that stopped alone would leave the others waiting forever in the gradient all-reduce.
+            anywhere = bool(self.trainer.strategy.reduce_boolean_decision(here, all=False))
+        if anywhere:
             bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
+            where = (f"term(s) {', '.join(repr(b) for b in bad)} are NaN/inf" if here
+                     else f"another process (of {self.trainer.world_size}) has a NaN/inf loss")
             raise NonFiniteLossError(
                 f"non-finite loss at optimiser step {step} (epoch {self.current_epoch}, batch {batch_idx}): "
-                f"term(s) {', '.join(repr(b) for b in bad)} are NaN/inf. Training stopped before the update; "
+                f"{where}. Training stopped before the update; "
                 f"the last checkpoint is intact. Try a lower optim.lr, optim.grad_clip, or a higher method.beta."
             )
         self._log_terms("train", terms, x.shape[0], on_step=True)
