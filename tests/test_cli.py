@@ -157,3 +157,27 @@ def test_ddp_nan_on_one_rank_stops_every_rank(tmp_path):
     assert proc.returncode != 0, out[-3000:]
     assert "non-finite loss at optimiser step 2" in out, out[-3000:]
     assert "another process" in out, out[-3000:]  # rank 0, whose own loss was finite, stopped too
+
+
+def test_evaluate_falls_back_to_checkpoints_and_rejects_bad_ones(tmp_path, capsys):
+    """Without model.pt the checkpoint is used; a corrupt or mismatched checkpoint gets an error naming it."""
+    from injflow.train.runner import load_run_model
+
+    run = tmp_path / "run"
+    assert main(["fit", "--set", *FAST, "train.max_epochs=1", "train.samplers=[]", f"run.dir={run}"]) == 0
+    reference = load_run_model(run)
+    (run / "model.pt").unlink()
+    (run / "checkpoints" / "best.ckpt").unlink()
+    ckpt = run / "checkpoints" / "last.ckpt"
+    from_ckpt = load_run_model(run)
+    x = torch.randn(5, 2)
+    torch.testing.assert_close(from_ckpt.encode(x), reference.encode(x))
+
+    blob = torch.load(ckpt, map_location="cpu", weights_only=False)
+    blob["state_dict"]["flow.encoder.extra.weight"] = torch.zeros(3)
+    torch.save(blob, ckpt)
+    with pytest.raises(ValueError, match="does not match"):
+        load_run_model(run)
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="last.ckpt cannot be read"):
+        load_run_model(run)

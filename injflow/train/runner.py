@@ -280,7 +280,23 @@ def load_run_model(run: str | Path) -> InjectiveFlow:
         ckpt = run / "checkpoints" / name
         if ckpt.is_file():
             flow = InjectiveFlow.from_config(load_config(run / "config.yaml"))
-            state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-            flow.load_state_dict({k.removeprefix("flow."): v for k, v in state.items() if k.startswith("flow.")}, strict=False)
+            try:
+                state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+            except Exception as e:  # truncated file, not a checkpoint, ...
+                raise RuntimeError(
+                    f"{ckpt} cannot be read ({type(e).__name__}: {e}); it is corrupt or not a Lightning checkpoint. "
+                    f"Move it away to fall back to the other checkpoint, or retrain."
+                ) from e
+            # Not strict only for the post-fit samplers, which are fitted after training and live in model.pt.
+            result = flow.load_state_dict(
+                {k.removeprefix("flow."): v for k, v in state.items() if k.startswith("flow.")}, strict=False
+            )
+            missing = [k for k in result.missing_keys if not k.startswith("samplers.")]
+            unexpected = [k for k in result.unexpected_keys if not k.startswith("samplers.")]
+            if missing or unexpected:
+                raise ValueError(
+                    f"{ckpt} does not match the model that {run / 'config.yaml'} describes (missing: {missing[:4]}, "
+                    f"unexpected: {unexpected[:4]}); was config.yaml edited after training?"
+                )
             return flow
     raise FileNotFoundError(f"{run} has no model.pt and no checkpoint: is it a run folder written by `injflow fit`?")
