@@ -152,6 +152,7 @@ class TrainConfig:
     monitor: str = "val/loss"
     monitor_mode: Literal["min", "max"] = "min"
     plot_every_n_epochs: int | None = None
+    pictures: bool = True  # the end-of-run pictures (off for sweeps whose run folders are thrown away)
     log_every_n_steps: int = 10
     accelerator: str = "auto"
     devices: int | str = 1

@@ -241,7 +241,7 @@ def fit_config(
         n_fit = min(data.train.shape[0], 50_000)
         flow.fit_samplers(data.train[:n_fit], names=t.samplers, n_components=t.gmm_components, seed=t.seed)
     result.artefacts["model"] = flow.save(run_dir / "model.pt")
-    pictures = draw_run_pictures(
+    pictures = [] if not t.pictures else draw_run_pictures(
         flow, kind=data.kind, test=data.test if data.test is not None else (data.val if data.val is not None else data.train),
         plots_dir=run_dir / "plots", metrics_csv=run_dir / "metrics.csv", seed=t.seed,
     )

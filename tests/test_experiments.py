@@ -1,0 +1,47 @@
+"""Every experiment script runs at ``--scale smoke`` and writes well-formed results (issue: rerun the papers)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+SCRIPTS = sorted(p for p in EXPERIMENTS.glob("*.py") if p.name != "common.py" and not p.name.startswith("_"))
+
+
+def test_there_are_experiments():
+    assert SCRIPTS, "no experiment scripts found"
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[p.stem for p in SCRIPTS])
+def test_experiment_smoke_scale(script, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--scale", "smoke", "--out", str(out), "--threads", "1"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, f"{script.name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["experiment"] == script.stem and summary["scale"] == "smoke"
+    assert summary["wall_time_s"] > 0
+    csvs, pngs = sorted(out.rglob("*.csv")), sorted(out.rglob("*.png"))
+    assert csvs and pngs, f"{script.name} wrote no table or no figure"
+    for path in csvs:
+        with path.open() as fh:
+            rows = list(csv.DictReader(fh))
+        assert rows, f"{path} is empty"
+    for path in pngs:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    for path in out.rglob("*.json"):
+        json.loads(path.read_text())
+
+
+def test_help_of_every_experiment_names_its_scales():
+    for script in SCRIPTS:
+        proc = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and "--scale" in proc.stdout, script.name
