@@ -187,6 +187,7 @@ def fit_run(
     run_dir: Path,
     threads: int | None = None,
     progress: bool = False,
+    pictures: bool = False,
 ) -> Any:
     """Trains one model with the engine (``injflow.api.fit``) into ``run_dir``, quietly.
 
@@ -196,6 +197,7 @@ def fit_run(
         run_dir: The run folder.
         threads: ``train.num_threads`` (default: the config's).
         progress: Show the engine's progress bar (off: experiments print one line per run instead).
+        pictures: Draw the engine's end-of-run pictures (off: seconds per run, and sweeps rarely keep run folders).
 
     Returns:
         The :class:`injflow.train.runner.FitResult`.
@@ -207,6 +209,8 @@ def fit_run(
     overrides = list(overrides)
     if not progress:
         overrides.append("train.progress_bar=false")
+    if not pictures:
+        overrides.append("train.pictures=false")
     if threads is not None:
         overrides.append(f"train.num_threads={threads}")
     result = inj.fit(config, overrides=overrides, run_dir=run_dir, verbose=False)
