@@ -49,7 +49,7 @@ class RectangularFlow(_BetaMethod):
         n_hutchinson, noise: Hutchinson samples and their distribution.
         grad_to: ``decoder`` (Caterini et al.) or ``encoder`` (FIF table 6 "RF" rows).
         jacobian_at: For ``grad_to=encoder``: ``x`` (off-manifold) or ``x_hat`` (on-manifold).
-        cg_tol, cg_max_iter: Conjugate-gradient tolerance and iteration cap (``None`` = d).
+        cg_tol, cg_max_iter: Conjugate-gradient tolerance and iteration cap (``None`` = 2d; exact arithmetic needs d, float32 round-off often more).
     """
 
     n_hutchinson: int = 1
