@@ -16,17 +16,22 @@ script adds (the numbers quoted in ``docs/results.md`` come from these files).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import platform
 import shlex
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
-__all__ = ["SCALES", "REPO", "CONFIGS", "Experiment", "start", "write_table", "save_figure", "fit_run"]
+__all__ = [
+    "SCALES", "REPO", "CONFIGS", "Experiment", "start", "write_table", "save_figure", "temporary_run_dir", "fit_run",
+]
 
 SCALES = ("smoke", "cpu", "paper")
 REPO = Path(__file__).resolve().parents[1]
@@ -178,6 +183,19 @@ def save_figure(fig: Any, path: Path, *, note: str | None = None) -> Path:
     fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+@contextlib.contextmanager
+def temporary_run_dir(prefix: str) -> Iterator[Path]:
+    """A fresh run folder under the system's temporary directory, deleted on exit.
+
+    Sweeps train many models whose checkpoints nobody keeps; this keeps them out of the results folder.
+    """
+    path = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def fit_run(

@@ -34,16 +34,14 @@ Scales (config ``configs/small/fif-sinusoid.yaml`` for smoke/cpu, ``configs/pape
 from __future__ import annotations
 
 import math
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Experiment, save_figure, start, write_table  # noqa: E402
+from common import Experiment, save_figure, start, temporary_run_dir, write_table  # noqa: E402
 
 NAME = "fif_beta_transition"
 RHO_THRESHOLD = 0.9  # |Spearman ρ| at or above which the latent is said to follow the sinusoid ...
@@ -119,9 +117,8 @@ def run_job(job: Job) -> dict[str, Any]:
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.set_num_threads(job.threads)
-    run_dir = Path(tempfile.mkdtemp(prefix=f"{NAME}-"))
     t0 = time.perf_counter()
-    try:
+    with temporary_run_dir(NAME) as run_dir:
         result = fit_run(job.config, job.overrides, run_dir=run_dir, threads=job.threads)
         fit_s = time.perf_counter() - t0
         x = load_run_data(load_config(run_dir / "config.yaml")).test
@@ -145,8 +142,6 @@ def run_job(job: Job) -> dict[str, Any]:
             "fit_s": round(fit_s, 2),
             "wall_s": round(time.perf_counter() - t0, 2),
         }
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
     return {"row": row, "maps": maps}
 
 

@@ -49,9 +49,7 @@ run folders are temporary and deleted; the pictures cost 4-10 s per run on this 
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +61,7 @@ import yaml
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CONFIGS, Experiment, save_figure, start, write_table  # noqa: E402
+from common import CONFIGS, Experiment, save_figure, start, temporary_run_dir, write_table  # noqa: E402
 
 NAME = "generative_table"
 SAMPLE_SETS = ("reconstruction", "prior", "gaussian", "gmm")  # FID columns: Rec., N(0, I), post-fit N, post-fit GMM
@@ -233,17 +231,20 @@ class FeatureBank:
 
 # ---------------------------------------------------------------------------------------------------- runs
 
-def train(config: Any, data: Any, exp: Experiment) -> tuple[Any, float, Path]:
-    """Trains one model with the engine into a temporary folder; returns the flow, the wall time and the folder."""
+def train(config: Any, data: Any, exp: Experiment) -> tuple[Any, float]:
+    """Trains one model with the engine in a temporary folder (checkpoints stay out of docs/results).
+
+    Returns:
+        The flow and the training wall time.
+    """
     from injflow.train.runner import fit_config
 
-    run_dir = Path(tempfile.mkdtemp(prefix=f"{NAME}-"))
     t0 = time.perf_counter()
-    result = fit_config(config, run_dir=run_dir, data=data, verbose=False)
-    seconds = time.perf_counter() - t0
-    if result.flow is None or not result.completed:
-        raise RuntimeError(f"training in {run_dir} stopped early (see {run_dir}/metrics.csv)")
-    return result.flow.to(exp.args.device), seconds, run_dir
+    with temporary_run_dir(NAME) as run_dir:
+        result = fit_config(config, run_dir=run_dir, data=data, verbose=False)
+        if result.flow is None or not result.completed:
+            raise RuntimeError(f"training in {run_dir} stopped early")
+    return result.flow.to(exp.args.device), time.perf_counter() - t0
 
 
 @torch.no_grad()
@@ -271,7 +272,7 @@ def evaluate_method(spec: Spec, exp: Experiment, data: Any, bank: FeatureBank, n
                     check: dict[str, Any]) -> tuple[dict[str, Any], Tensor]:
     """Trains and scores one method; returns its table row and 16 GMM samples for the figure."""
     config = run_config(exp, spec)
-    flow, train_s, run_dir = train(config, data, exp)
+    flow, train_s = train(config, data, exp)
     t0 = time.perf_counter()
     sets = image_sets(flow, data.test[:n], n, exp.args.seed)
     fids: dict[str, float] = {}
@@ -284,7 +285,6 @@ def evaluate_method(spec: Spec, exp: Experiment, data: Any, bank: FeatureBank, n
            "recon_fid": fids["reconstruction"], "prior_fid": fids["prior"], "gaussian_fid": fids["gaussian"],
            "gmm_fid": fids["gmm"], "test_recon_error": rec, "train_wall_s": round(train_s, 1),
            "eval_wall_s": round(time.perf_counter() - t0, 1), "steps": config.train.max_steps, "n_fid_samples": n}
-    shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints stay out of docs/results
     return row, sets["gmm"][:16]
 
 

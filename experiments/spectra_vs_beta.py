@@ -26,9 +26,7 @@ Scales:
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,7 +34,7 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Experiment, fit_run, save_figure, start, write_table  # noqa: E402
+from common import Experiment, fit_run, save_figure, start, temporary_run_dir, write_table  # noqa: E402
 
 NAME = "spectra_vs_beta"
 LATENT_DIM = 16  # FIF fig. 6 / App. D.1.1: the conditional MNIST model has d = 16
@@ -62,12 +60,9 @@ def model_config(exp: Experiment, beta: float, seed: int) -> dict:
 
 def train(exp: Experiment, beta: float, seed: int) -> tuple[torch.nn.Module, dict]:
     """Trains one model into a temporary folder (deleted afterwards); returns it in eval mode and its run facts."""
-    run_dir = Path(tempfile.mkdtemp(prefix=f"spectra-beta{beta}-"))
     t0 = time.perf_counter()
-    try:
+    with temporary_run_dir(f"spectra-beta{beta}") as run_dir:
         result = fit_run(model_config(exp, beta, seed), run_dir=run_dir, threads=torch.get_num_threads())
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
     return result.flow.eval(), {"train_steps": result.global_step, "train_time_s": round(time.perf_counter() - t0, 1)}
 
 

@@ -38,10 +38,8 @@ Scales:
 from __future__ import annotations
 
 import math
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +48,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Experiment, save_figure, start, write_table  # noqa: E402
+from common import Experiment, fit_run, save_figure, start, temporary_run_dir, write_table  # noqa: E402
 from injflow.metrics.frechet import fid_like_w2  # noqa: E402
 
 NAME = "tabular_ablation"
@@ -149,32 +147,27 @@ def train_and_evaluate(config: str, overrides: list[str], *, seed: int, n_sample
     checkpoint (end of the previous epoch) and marked ``diverged``; without a checkpoint both metrics are inf.
     Sample sets with non-finite values give W2 = inf.
     """
-    import injflow.api as inj
     from injflow.train.module import NonFiniteLossError
     from injflow.train.runner import load_run_model
 
-    run_dir = Path(tempfile.mkdtemp(prefix=f"{NAME}-"))
-    overrides = [*overrides, f"train.seed={seed}", "train.progress_bar=false"]
-    if threads is not None:
-        overrides.append(f"train.num_threads={threads}")
     t0 = time.perf_counter()
     diverged = False
-    try:
-        result = inj.fit(config, overrides=overrides, run_dir=run_dir, verbose=False)
-        flow, steps = result.flow, result.global_step
-    except NonFiniteLossError:
-        diverged = True
-        steps = last_logged_step(run_dir)
+    with temporary_run_dir(NAME) as run_dir:
         try:
-            flow = load_run_model(run_dir)
-        except FileNotFoundError:
-            flow = None
-    wall = time.perf_counter() - t0
-    ms, cg = step_time_ms(run_dir), mean_cg_iterations(run_dir)
-    _, splits = load_splits(str(run_dir / "config.yaml"))
+            result = fit_run(config, [*overrides, f"train.seed={seed}"], run_dir=run_dir, threads=threads)
+            flow, steps = result.flow, result.global_step
+        except NonFiniteLossError:
+            diverged = True
+            steps = last_logged_step(run_dir)
+            try:
+                flow = load_run_model(run_dir)
+            except FileNotFoundError:
+                flow = None
+        wall = time.perf_counter() - t0
+        ms, cg = step_time_ms(run_dir), mean_cg_iterations(run_dir)
+        _, splits = load_splits(str(run_dir / "config.yaml"))
     x = splits.test
     if flow is None:
-        shutil.rmtree(run_dir, ignore_errors=True)
         return RunResult(math.inf, math.inf, wall, steps, ms, diverged, int(x[0].numel()), cg)
     flow.eval()
     x = x.to(next(flow.parameters()).device)
@@ -182,7 +175,6 @@ def train_and_evaluate(config: str, overrides: list[str], *, seed: int, n_sample
         reconstruction = float((flow.decode(flow.encode(x)) - x).flatten(1).pow(2).sum(1).mean())
         samples = flow.sample(n_samples, sampler="prior", seed=seed)
     w2 = fid_like_w2(samples, x) if torch.isfinite(samples).all() else math.inf
-    shutil.rmtree(run_dir, ignore_errors=True)
     return RunResult(w2, reconstruction, wall, steps, ms, diverged, int(x[0].numel()), cg)
 
 

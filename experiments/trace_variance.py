@@ -36,9 +36,7 @@ Scales:
 from __future__ import annotations
 
 import math
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +45,7 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Experiment, fit_run, save_figure, start, write_table  # noqa: E402
+from common import Experiment, fit_run, save_figure, start, temporary_run_dir, write_table  # noqa: E402
 
 NAME = "trace_variance"
 LATENT_DIM = 16  # FIF fig. 6: "d = 16, D = 784"
@@ -112,14 +110,11 @@ def train_model(exp: Experiment) -> tuple[torch.nn.Module, Tensor, dict]:
     from injflow.nets import count_parameters
 
     config = model_config(exp)
-    run_dir = Path(tempfile.mkdtemp(prefix="trace_variance-"))
     t0 = time.perf_counter()
-    try:
+    with temporary_run_dir("trace_variance") as run_dir:
         result = fit_run(config, run_dir=run_dir, threads=torch.get_num_threads())
-        flow = result.flow.eval()
-        steps = result.global_step
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    flow = result.flow.eval()
+    steps = result.global_step
     data = load_dataset("mnist", seed=0, **config["data"]["options"])
     info = {"model": config, "n_parameters": count_parameters(flow.encoder, flow.decoder),
             "train_steps": steps, "train_time_s": round(time.perf_counter() - t0, 1), "bn_mode": "eval"}
