@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from .registry import Registry
 
 __all__ = [
     "LatentDistribution",
@@ -37,6 +40,7 @@ __all__ = [
     "fit_gmm",
     "fit_sampler",
     "LATENTS",
+    "SAMPLERS",
 ]
 
 
@@ -361,13 +365,12 @@ class GaussianMixture(LatentDistribution):
         return f"dim={self.dim}, n_components={self.n_components}"
 
 
-#: Prior latents by config name.
-LATENTS: dict[str, type[LatentDistribution]] = {
-    "normal": StandardNormal,
-    "standard_normal": StandardNormal,
-    "isotropic_normal": IsotropicNormal,
-    "student_t": StudentT,
-}
+#: Prior latents by config name: ``cls(dim, **options)``.
+LATENTS: Registry[type[LatentDistribution]] = Registry("latent distribution", reserved=("dim",))
+LATENTS.register("normal", StandardNormal)
+LATENTS.register("standard_normal", StandardNormal)
+LATENTS.register("isotropic_normal", IsotropicNormal)
+LATENTS.register("student_t", StudentT)
 
 
 def build_latent(name: str, dim: int, **options: Any) -> LatentDistribution:
@@ -386,13 +389,7 @@ def build_latent(name: str, dim: int, **options: Any) -> LatentDistribution:
         >>> build_latent("student_t", 4, df=3.0)
         StudentT(dim=4, df=3.0, scale=1.0)
     """
-    if name not in LATENTS:
-        raise ValueError(f"unknown latent distribution {name!r}; choose from {sorted(LATENTS)}")
-    cls = LATENTS[name]
-    try:
-        return cls(dim, **options)
-    except TypeError as e:
-        raise ValueError(f"bad options for latent {name!r}: {e}") from None
+    return LATENTS.build(name, dim, **options)
 
 
 def distribution_from_spec(spec: dict[str, Any]) -> LatentDistribution:
@@ -477,10 +474,12 @@ def fit_gmm(z: Tensor, *, n_components: int = 10, seed: int = 0, reg: float = 1e
     return GaussianMixture(torch.tensor(gmm.weights_), torch.tensor(gmm.means_), torch.tensor(gmm.covariances_)).to(dtype)
 
 
+#: Post-fit samplers by name (``train.samplers``): ``fit(z, **options) -> LatentDistribution`` on encoded data.
+SAMPLERS: Registry[Callable[..., LatentDistribution]] = Registry("post-fit sampler", reserved=("z",))
+SAMPLERS.register("gaussian", fit_gaussian)
+SAMPLERS.register("gmm", fit_gmm)
+
+
 def fit_sampler(name: str, z: Tensor, **options: Any) -> LatentDistribution:
-    """Fits the post-fit sampler ``"gaussian"`` or ``"gmm"`` on encoded data ``z``."""
-    if name == "gaussian":
-        return fit_gaussian(z, **options)
-    if name == "gmm":
-        return fit_gmm(z, **options)
-    raise ValueError(f"unknown post-fit sampler {name!r}; choose 'gaussian' or 'gmm'")
+    """Fits the post-fit sampler ``name`` (see :data:`SAMPLERS`: ``"gaussian"``, ``"gmm"``) on encoded data ``z``."""
+    return SAMPLERS.build(name, z, **options)

@@ -109,7 +109,7 @@ def test_tabular_matches_paper():
 
 
 def test_unknown_architecture():
-    with pytest.raises(ValueError, match="available:.*mlp"):
+    with pytest.raises(ValueError, match="choose from:.*mlp"):
         build_autoencoder("nope", data_shape=(2,), latent_dim=1)
 
 
@@ -222,7 +222,7 @@ def test_fif_convnet_cifar_not_in_table():
 
 
 def test_paper_nets_take_no_options():
-    with pytest.raises(ValueError, match="'width'.*accepted options: \\(none\\)"):
+    with pytest.raises(ValueError, match="'width'.*it accepts: \\(none\\)"):
         build_autoencoder("pythae_convnet", data_shape=MNIST, latent_dim=16, width=3)
 
 

@@ -7,18 +7,24 @@ unknown option is caught here, before any work is done.
 
 from __future__ import annotations
 
-__all__ = ["register", "load_dataset", "available_datasets", "dataset_options", "check_count", "check_noise"]
+__all__ = ["DATASETS", "register", "load_dataset", "available_datasets", "dataset_options", "check_count", "check_noise"]
 
-import inspect
 import math
 from collections.abc import Callable
 from pathlib import Path
 
+from ..registry import Registry
 from .splits import DataSplits
 
-_RESERVED = ("seed", "root", "download")
-_REGISTRY: dict[str, Callable[..., DataSplits]] = {}
-_PRESETS: dict[str, tuple[str, dict]] = {}
+
+def _normalise(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+#: Every data set by config name (case-insensitive; ``-`` and ``_`` are the same).
+DATASETS: Registry[Callable[..., DataSplits]] = Registry(
+    "data set", reserved=("seed", "root", "download"), normalise=_normalise
+)
 
 
 def register(name: str, **preset: object) -> Callable:
@@ -34,16 +40,7 @@ def register(name: str, **preset: object) -> Callable:
     Returns:
         A decorator that returns the loader unchanged.
     """
-
-    def decorator(loader: Callable[..., DataSplits]) -> Callable[..., DataSplits]:
-        if name in _REGISTRY:
-            raise ValueError(f"data set {name!r} is registered twice")
-        _REGISTRY[name] = loader
-        if preset:
-            _PRESETS[name] = (loader.__name__, dict(preset))
-        return loader
-
-    return decorator
+    return DATASETS.register(name, **preset)
 
 
 def available_datasets() -> list[str]:
@@ -53,7 +50,7 @@ def available_datasets() -> list[str]:
         >>> "sinusoid" in available_datasets()
         True
     """
-    return sorted(_REGISTRY)
+    return DATASETS.names()
 
 
 def dataset_options(name: str) -> dict[str, object]:
@@ -63,13 +60,7 @@ def dataset_options(name: str) -> dict[str, object]:
         >>> sorted(dataset_options("sinusoid"))
         ['n_test', 'n_train', 'n_val', 'noise']
     """
-    loader = _lookup(name)
-    preset = _PRESETS.get(name, (None, {}))[1]
-    return {
-        p.name: p.default
-        for p in inspect.signature(loader).parameters.values()
-        if p.kind is p.KEYWORD_ONLY and p.name not in _RESERVED and p.name not in preset
-    }
+    return DATASETS.options(name)
 
 
 def load_dataset(
@@ -101,19 +92,9 @@ def load_dataset(
         >>> data.train.shape, data.kind
         (torch.Size([100, 2]), 'toy')
     """
-    key = _normalise(name)
-    loader = _lookup(key)
-    allowed = dataset_options(key)
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {', '.join(map(repr, unknown))} for data set {key!r}; "
-            f"it accepts: {', '.join(sorted(allowed)) or '(none)'}"
-        )
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    kwargs = {**_PRESETS.get(key, (None, {}))[1], **options}
-    return loader(seed=seed, root=root, download=bool(download), **kwargs)
+    return DATASETS.build(name, seed=seed, root=root, download=bool(download), **options)
 
 
 def check_count(option: str, value: object, *, allow_none: bool = False, minimum: int = 1) -> int | None:
@@ -140,16 +121,3 @@ def check_noise(option: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"option {option} must be a finite number >= 0, got {value!r}")
     return float(value)
-
-
-def _normalise(name: str) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"data set name must be a string, got {type(name).__name__}")
-    return name.strip().lower().replace("-", "_")
-
-
-def _lookup(name: str) -> Callable[..., DataSplits]:
-    key = _normalise(name)
-    if key not in _REGISTRY:
-        raise ValueError(f"unknown data set {name!r}; available: {', '.join(available_datasets())}")
-    return _REGISTRY[key]

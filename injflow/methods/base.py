@@ -19,6 +19,7 @@ from typing import Any, Callable, ClassVar, Protocol
 
 from torch import Tensor
 
+from ..registry import Registry
 from .schedules import Schedule, as_schedule
 
 __all__ = ["Method", "ModelLike", "register_method", "build_method", "method_class", "METHODS"]
@@ -35,7 +36,7 @@ class ModelLike(Protocol):
 
 
 #: Registered methods by config name.
-METHODS: dict[str, type["Method"]] = {}
+METHODS: Registry[type["Method"]] = Registry("method")
 
 
 def register_method(name: str) -> Callable[[type["Method"]], type["Method"]]:
@@ -54,22 +55,19 @@ def register_method(name: str) -> Callable[[type["Method"]], type["Method"]]:
         if not dataclasses.is_dataclass(cls):
             raise TypeError(f"method {cls.__name__} must be a dataclass")
         cls.name = name
-        METHODS[name] = cls
-        return cls
+        return METHODS.register(name, cls)
 
     return deco
 
 
 def method_class(name: str) -> type["Method"]:
     """The method class registered under ``name``."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
     return METHODS[name]
 
 
 def build_method(name: str, **options: Any) -> "Method":
     """Builds a registered method from its keyword options (validated by the dataclass)."""
-    return method_class(name)(**options)
+    return METHODS.build(name, **options)
 
 
 @dataclasses.dataclass

@@ -10,6 +10,8 @@ Example:
 """
 
 __all__ = [
+    "ARCHITECTURES",
+    "register_architecture",
     "build_autoencoder",
     "available_architectures",
     "architecture_options",
@@ -37,4 +39,4 @@ from .fif_convnet import fif_convnet_autoencoder
 from .kumar import kumar_conv_autoencoder
 from .normalization import BatchNorm1d, BatchNorm2d, use_composite_batchnorm
 from .pythae import pythae_convnet_autoencoder, pythae_resnet_autoencoder
-from .registry import architecture_options, available_architectures, build_autoencoder
+from .registry import ARCHITECTURES, architecture_options, available_architectures, build_autoencoder, register_architecture

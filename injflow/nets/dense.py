@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from .core import Flatten, Unflatten, make_activation, numel
+from .registry import register_architecture
 
 
 def _widths(hidden_features: int | Sequence[int], name: str = "hidden_features") -> tuple[int, ...]:
@@ -142,6 +143,7 @@ def _flat_ends(data_shape: Sequence[int]) -> tuple[list[nn.Module], list[nn.Modu
     return [Flatten()], [Unflatten(data_shape)]
 
 
+@register_architecture("mlp")
 def mlp_autoencoder(
     data_shape: Sequence[int],
     latent_dim: int,
@@ -175,6 +177,7 @@ def mlp_autoencoder(
     return encoder, decoder
 
 
+@register_architecture("toy_resnet")
 def toy_resnet_autoencoder(
     data_shape: Sequence[int],
     latent_dim: int,
@@ -226,6 +229,7 @@ def toy_resnet_autoencoder(
     return encoder, decoder
 
 
+@register_architecture("tabular")
 def tabular_autoencoder(
     data_shape: Sequence[int],
     latent_dim: int,

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from .conv import conv_block, select_variant
 from .core import Flatten, Unflatten
 from .dense import LatentResNet
+from .registry import register_architecture
 
 MNIST, CELEBA = (1, 28, 28), (3, 64, 64)
 
@@ -27,6 +28,7 @@ def _check_positive(name: str, value: object) -> None:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
+@register_architecture("fif_convnet")
 def fif_convnet_autoencoder(
     data_shape: Sequence[int],
     latent_dim: int,

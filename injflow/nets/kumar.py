@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from .conv import Crop, conv_block, select_variant
 from .core import Flatten, Unflatten
 from .normalization import BatchNorm2d
+from .registry import register_architecture
 
 MNIST, CIFAR, CELEBA = (1, 28, 28), (3, 32, 32), (3, 64, 64)
 
@@ -130,6 +131,7 @@ _SPECS = {
 }
 
 
+@register_architecture("kumar_conv")
 def kumar_conv_autoencoder(
     data_shape: Sequence[int],
     latent_dim: int,

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from .conv import ConvResBlock, conv_block, select_variant
 from .core import Flatten, Unflatten
+from .registry import register_architecture
 
 MNIST, CIFAR, CELEBA = (1, 28, 28), (3, 32, 32), (3, 64, 64)
 
@@ -41,6 +42,7 @@ def _convnet_encoder(channels: int, latent_dim: int, flat: int) -> nn.Sequential
     )
 
 
+@register_architecture("pythae_convnet")
 def pythae_convnet_autoencoder(
     data_shape: Sequence[int],
     latent_dim: int,
@@ -126,6 +128,7 @@ def _res_blocks(n: int = 2) -> nn.Sequential:
     return nn.Sequential(*(ConvResBlock(128, 32) for _ in range(n)))
 
 
+@register_architecture("pythae_resnet")
 def pythae_resnet_autoencoder(
     data_shape: Sequence[int],
     latent_dim: int,

@@ -1,8 +1,7 @@
 r"""The single entry point other code uses: :func:`build_autoencoder` by architecture name."""
 
-__all__ = ["build_autoencoder", "available_architectures", "architecture_options"]
+__all__ = ["ARCHITECTURES", "register_architecture", "build_autoencoder", "available_architectures", "architecture_options"]
 
-import inspect
 import operator
 
 import torch  # noqa: F401 (used by the examples)
@@ -11,23 +10,30 @@ import torch.nn as nn
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..registry import Registry
 from .core import check_autoencoder, numel
-from .dense import mlp_autoencoder, tabular_autoencoder, toy_resnet_autoencoder
-from .fif_convnet import fif_convnet_autoencoder
-from .kumar import kumar_conv_autoencoder
-from .pythae import pythae_convnet_autoencoder, pythae_resnet_autoencoder
 
-# name -> builder(data_shape, latent_dim, **options) -> (encoder, decoder). The builder's keyword
-# parameters (besides data_shape and latent_dim) are exactly the accepted options.
-_BUILDERS: dict[str, Callable[..., tuple[nn.Module, nn.Module]]] = {
-    "mlp": mlp_autoencoder,
-    "toy_resnet": toy_resnet_autoencoder,
-    "tabular": tabular_autoencoder,
-    "kumar_conv": kumar_conv_autoencoder,
-    "pythae_convnet": pythae_convnet_autoencoder,
-    "pythae_resnet": pythae_resnet_autoencoder,
-    "fif_convnet": fif_convnet_autoencoder,
-}
+#: Every architecture by config name: ``builder(*, data_shape, latent_dim, **options) -> (encoder, decoder)``; the
+#: builder's other keyword parameters are exactly the accepted options.
+ARCHITECTURES: Registry[Callable[..., tuple[nn.Module, nn.Module]]] = Registry(
+    "architecture", reserved=("data_shape", "latent_dim")
+)
+
+
+def register_architecture(name: str) -> Callable:
+    r"""Decorator registering an encoder/decoder builder under a config name (``model.architecture``).
+
+    The builder is called as ``builder(*, data_shape, latent_dim, **options)`` and returns ``(encoder, decoder)``;
+    its other keyword parameters are the options a config may set, with their defaults.
+
+    Example:
+        >>> @register_architecture("doc_linear")
+        ... def doc_linear(*, data_shape, latent_dim, bias: bool = True):
+        ...     D = numel(data_shape)
+        ...     return nn.Linear(D, latent_dim, bias=bias), nn.Linear(latent_dim, D, bias=bias)
+        >>> f, g = build_autoencoder("doc_linear", data_shape=(3,), latent_dim=1, bias=False)
+    """
+    return ARCHITECTURES.register(name)
 
 
 def available_architectures() -> list[str]:
@@ -40,8 +46,7 @@ def available_architectures() -> list[str]:
         >>> "tabular" in available_architectures()
         True
     """
-
-    return sorted(_BUILDERS)
+    return ARCHITECTURES.names()
 
 
 def architecture_options(architecture: str) -> dict[str, Any]:
@@ -57,15 +62,7 @@ def architecture_options(architecture: str) -> dict[str, Any]:
         >>> architecture_options("toy_resnet")["n_blocks"]
         4
     """
-
-    builder = _lookup(architecture)
-    params = inspect.signature(builder).parameters
-
-    return {
-        name: p.default
-        for name, p in params.items()
-        if name not in ("data_shape", "latent_dim")
-    }
+    return ARCHITECTURES.options(architecture)
 
 
 def _as_int(value: Any) -> int | None:
@@ -88,15 +85,6 @@ def _as_shape(data_shape: Any) -> tuple[int, ...]:
         raise ValueError(f"data_shape must be a non-empty tuple of positive ints, got {data_shape!r}")
 
     return shape
-
-
-def _lookup(architecture: str) -> Callable[..., tuple[nn.Module, nn.Module]]:
-    if architecture not in _BUILDERS:
-        raise ValueError(
-            f"unknown architecture {architecture!r}; available: {', '.join(sorted(_BUILDERS))}"
-        )
-
-    return _BUILDERS[architecture]
 
 
 def build_autoencoder(
@@ -126,8 +114,7 @@ def build_autoencoder(
         torch.Size([4, 2])
     """
 
-    builder = _lookup(architecture)
-
+    ARCHITECTURES.key(architecture)  # an unknown name is reported before the shapes
     data_shape = _as_shape(data_shape)
     d = _as_int(latent_dim)
 
@@ -144,16 +131,7 @@ def build_autoencoder(
             f"{data_shape}): an injective flow reduces dimension"
         )
 
-    allowed = architecture_options(architecture)
-    unknown = sorted(set(options) - set(allowed))
-
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {', '.join(map(repr, unknown))} for architecture {architecture!r}; "
-            f"accepted options: {', '.join(allowed) if allowed else '(none)'}"
-        )
-
-    encoder, decoder = builder(data_shape=data_shape, latent_dim=latent_dim, **options)
+    encoder, decoder = ARCHITECTURES.build(architecture, data_shape=data_shape, latent_dim=latent_dim, **options)
     check_autoencoder(encoder, decoder, data_shape, latent_dim)
 
     return encoder.train(), decoder.train()
