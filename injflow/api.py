@@ -20,10 +20,12 @@ from typing import Any
 
 from torch import Tensor
 
+from .config import Config, ConfigError, config_from_dict, config_to_dict, load_config
 from .distributions import build_latent, fit_gaussian, fit_gmm
 from .methods import AE, FIF, Method, build_method
-from .train.config import Config, ConfigError, config_from_dict, config_to_dict, load_config
-from .train.model import InjectiveFlow
+from .model import DATA_KINDS, InjectiveFlow
+from .runs import evaluate_run as evaluate
+from .runs import sample_run as sample
 from .train.runner import FitResult, RunData, fit_config, load_run_model, resume_run
 
 __all__ = [
@@ -38,12 +40,14 @@ __all__ = [
     "build_method",
     "config_from_dict",
     "config_to_dict",
+    "evaluate",
     "fit",
     "fit_gaussian",
     "fit_gmm",
     "load",
     "load_config",
     "resume",
+    "sample",
     "train",
 ]
 
@@ -63,7 +67,7 @@ def fit(config: Config | str | Path | dict | None = None, *, overrides: list[str
     if config is None or isinstance(config, (str, Path)):
         config = load_config(config, overrides)
     else:
-        from .train.config import apply_overrides
+        from .config import apply_overrides
 
         data = config_to_dict(config) if isinstance(config, Config) else config
         config = config_from_dict(apply_overrides(data, overrides))
@@ -77,6 +81,9 @@ def train(
     val: Tensor | None = None,
     test: Tensor | None = None,
     method: Method | str = "fif",
+    kind: str | None = None,
+    labels: tuple[Tensor | None, Tensor | None, Tensor | None] | None = None,
+    image_shape: tuple[int, int, int] | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     run_dir: str | Path | None = None,
     verbose: bool = True,
@@ -89,6 +96,10 @@ def train(
         val: Optional validation data (enables ``val/*`` logs and best checkpoints).
         test: Optional data for the pictures (default: ``val`` or ``train_data``).
         method: A :class:`Method` object (e.g. ``FIF(beta=10)``) or a registered name.
+        kind: What the data are: ``"toy"``, ``"tabular"`` or ``"image"`` (default: the flow's ``data_kind``, else
+            ``"image"`` for ``(N, C, H, W)`` tensors and ``"tabular"`` otherwise). It decides pictures and metrics.
+        labels: ``(train, val, test)`` class labels for a conditional flow.
+        image_shape: ``(C, H, W)`` of flat image data.
         overrides: Dotted overrides of the default config's ``optim``, ``train``, ``data.batch_size``, ``run`` keys.
         run_dir: The run folder.
         verbose: Print where artefacts went.
@@ -96,7 +107,7 @@ def train(
     Returns:
         A :class:`FitResult`; ``result.flow is flow``.
     """
-    from .train.config import apply_overrides
+    from .config import apply_overrides
 
     method_obj = build_method(method) if isinstance(method, str) else method
     base = {
@@ -106,17 +117,39 @@ def train(
     }
     config = config_from_dict(apply_overrides(base, overrides))
     shape = tuple(train_data.shape[1:])
-    if flow.data_shape is None:
-        flow.data_shape = shape
-    kind = "image" if len(shape) == 3 else ("toy" if shape in ((2,), (3,)) else "tabular")
-    return fit_config(config, run_dir=run_dir, flow=flow, data=RunData(train_data, val, test, kind), verbose=verbose)
+    if kind is None:
+        kind = flow.data_kind or ("image" if len(shape) == 3 else "tabular")
+    if kind not in DATA_KINDS:
+        raise ConfigError(f"kind: expected one of {', '.join(DATA_KINDS)}, got {kind!r}")
+    train_labels, val_labels, test_labels = labels if labels is not None else (None, None, None)
+    num_classes = flow.num_classes if flow.conditional else None
+    data = RunData(train_data, val, test, kind, train_labels, val_labels, test_labels,
+                   image_shape or flow.image_shape, num_classes)
+    return fit_config(config, run_dir=run_dir, flow=flow, data=data, verbose=verbose)
 
 
-def load(path: str | Path, **kwargs: Any) -> InjectiveFlow:
-    """Loads a trained model from a run folder or a ``model.pt`` file (see :meth:`InjectiveFlow.load`)."""
+def load(path: str | Path, *, checkpoint: str | None = None, **kwargs: Any) -> InjectiveFlow:
+    """Loads a trained model from a run folder, a ``model.pt`` file or a ``.ckpt`` checkpoint.
+
+    Arguments:
+        path: The run folder (its finished ``model.pt``; an unfinished run raises
+            :class:`~injflow.errors.UnfinishedRunError` unless ``checkpoint`` is given), a model file, or a checkpoint.
+        checkpoint: For a run folder: ``"last"`` or ``"best"`` loads that checkpoint's weights instead.
+        kwargs: ``encoder=``, ``decoder=`` (models of custom modules), ``map_location=``.
+    """
     path = Path(path)
     if path.is_dir():
-        return load_run_model(path) if not kwargs else InjectiveFlow.load(path / "model.pt", **kwargs)
+        if kwargs:
+            from .rundir import RunDir
+
+            run = RunDir(path).require_run()
+            if checkpoint is not None:
+                return InjectiveFlow.load_from_checkpoint(run.checkpoint(checkpoint), **kwargs)
+            run.require_finished(allow="checkpoint='last'")
+            return InjectiveFlow.load(run.model, **kwargs)
+        return load_run_model(path, checkpoint=checkpoint)
+    if path.suffix == ".ckpt":
+        return InjectiveFlow.load_from_checkpoint(path, **kwargs)
     return InjectiveFlow.load(path, **kwargs)
 
 

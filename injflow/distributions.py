@@ -137,7 +137,7 @@ class IsotropicNormal(LatentDistribution):
 
     Example:
         >>> IsotropicNormal(2, sigma=0.5).log_prob(torch.zeros(1, 2))
-        tensor([-0.4515])
+        tensor([-0.4516])
     """
 
     name = "isotropic_normal"

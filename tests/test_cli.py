@@ -160,7 +160,9 @@ def test_ddp_nan_on_one_rank_stops_every_rank(tmp_path):
 
 
 def test_evaluate_falls_back_to_checkpoints_and_rejects_bad_ones(tmp_path, capsys):
-    """Without model.pt the checkpoint is used; a corrupt or mismatched checkpoint gets an error naming it."""
+    """Without model.pt the run is unfinished (refused, naming the step) unless a checkpoint is asked for; a corrupt or
+    mismatched checkpoint gets an error naming it."""
+    from injflow.errors import CheckpointError, UnfinishedRunError
     from injflow.train.runner import load_run_model
 
     run = tmp_path / "run"
@@ -169,7 +171,10 @@ def test_evaluate_falls_back_to_checkpoints_and_rejects_bad_ones(tmp_path, capsy
     (run / "model.pt").unlink()
     (run / "checkpoints" / "best.ckpt").unlink()
     ckpt = run / "checkpoints" / "last.ckpt"
-    from_ckpt = load_run_model(run)
+    with pytest.raises(UnfinishedRunError, match="no model.pt.*step 5.*--checkpoint last"):
+        load_run_model(run)
+    assert main(["evaluate", str(run)]) == 2 and "unfinished" in capsys.readouterr().err
+    from_ckpt = load_run_model(run, checkpoint="last")
     x = torch.randn(5, 2)
     torch.testing.assert_close(from_ckpt.encode(x), reference.encode(x))
 
@@ -177,7 +182,7 @@ def test_evaluate_falls_back_to_checkpoints_and_rejects_bad_ones(tmp_path, capsy
     blob["state_dict"]["flow.encoder.extra.weight"] = torch.zeros(3)
     torch.save(blob, ckpt)
     with pytest.raises(ValueError, match="does not match"):
-        load_run_model(run)
+        load_run_model(run, checkpoint="last")
     ckpt.write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="last.ckpt cannot be read"):
-        load_run_model(run)
+    with pytest.raises(CheckpointError, match="last.ckpt cannot be read"):
+        load_run_model(run, checkpoint="last")

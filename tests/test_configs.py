@@ -118,10 +118,10 @@ def cached_data():
 def test_small_variant_runs_offline(path, tmp_path, cached_data, monkeypatch):
     """One optimiser step and one validation batch of each small variant on a few samples, through the Python API."""
     import injflow.api as inj
-    import injflow.train.plots
+    import injflow.plots
 
     # The end-of-run pictures (tested in test_train.py) take ~2 s per image run with matplotlib; skip them here.
-    monkeypatch.setattr(injflow.train.plots, "draw_run_pictures", lambda *a, **k: [])
+    monkeypatch.setattr(injflow.plots, "draw_run_pictures", lambda *a, **k: [])
 
     config = load_config(path)
     assert config.data.name not in ONLINE_ONLY, f"{path.name}: small variants must use offline data"

@@ -12,7 +12,7 @@ Example:
 """
 
 from .download import MissingDataError, data_root
-from .registry import available_datasets, dataset_options, load_dataset
+from .registry import DATASETS, available_datasets, dataset_options, load_dataset
 from .splits import DataSplits, iterate_batches, validate_data
 from .toy import principal_angles
 
@@ -20,6 +20,7 @@ from .toy import principal_angles
 from . import images, tabular, toy  # noqa: E402,F401  isort: skip
 
 __all__ = [
+    "DATASETS",
     "DataSplits",
     "MissingDataError",
     "available_datasets",

@@ -18,10 +18,12 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..errors import InjflowError
+
 _CHUNK = 1 << 20
 
 
-class MissingDataError(FileNotFoundError):
+class MissingDataError(InjflowError, FileNotFoundError):
     """A data file is missing and could not (or may not) be downloaded; the message says where to put it."""
 
 

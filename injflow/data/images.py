@@ -108,7 +108,7 @@ def _image_splits(
     info = {"seed": seed, "value_range": f"[0, 1]: uint8 / {scale:g}", **info}
     if conditional:
         info["num_classes"] = int(max(train_labels.max(), test_labels.max())) + 1
-    return DataSplits(name=name, kind="image", data_shape=shape, info=info, **out)
+    return DataSplits(name=name, kind="image", data_shape=shape, info=info, image_shape=tuple(train.shape[1:]), **out)
 
 
 def _check_bool(option: str, value: object) -> bool:

@@ -41,6 +41,8 @@ class DataSplits:
         val_labels: Optional labels of the validation split.
         test_labels: Optional labels of the test split.
         info: Provenance, preprocessing and scale notes (free-form).
+        image_shape: ``(C, H, W)`` of one image, for image data (``data_shape`` for unflattened images; set it for
+            images stored flat, e.g. ``(1, 8, 8)`` for 64 features).
 
     Example:
         >>> x = torch.zeros(10, 2)
@@ -59,11 +61,20 @@ class DataSplits:
     val_labels: Tensor | None = None
     test_labels: Tensor | None = None
     info: dict = field(default_factory=dict)
+    image_shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("toy", "tabular", "image"):
             raise ValueError(f"kind must be 'toy', 'tabular' or 'image', got {self.kind!r}")
         object.__setattr__(self, "data_shape", tuple(int(s) for s in self.data_shape))
+        image_shape = self.image_shape
+        if image_shape is None and self.kind == "image" and len(self.data_shape) == 3:
+            image_shape = self.data_shape
+        if image_shape is not None:
+            image_shape = tuple(int(s) for s in image_shape)
+            if self.kind != "image" or len(image_shape) != 3 or int(np.prod(image_shape)) != int(np.prod(self.data_shape)):
+                raise ValueError(f"image_shape {image_shape} does not fit {self.kind} data of shape {self.data_shape}")
+        object.__setattr__(self, "image_shape", image_shape)
         for split in ("train", "val", "test"):
             x = getattr(self, split)
             validate_data(x, name=f"{self.name}.{split}", data_shape=self.data_shape)
@@ -84,6 +95,15 @@ class DataSplits:
     def has_labels(self) -> bool:
         """Whether all three splits carry labels."""
         return all(getattr(self, f"{s}_labels") is not None for s in ("train", "val", "test"))
+
+    @property
+    def num_classes(self) -> int | None:
+        """The number of classes of labelled data (``info['num_classes']``, else 1 + the largest label)."""
+        if not self.has_labels:
+            return None
+        if "num_classes" in self.info:
+            return int(self.info["num_classes"])
+        return 1 + max(int(getattr(self, f"{s}_labels").max()) for s in ("train", "val", "test"))
 
 
 def validate_data(x: Tensor, *, name: str = "data", data_shape: tuple[int, ...] | None = None) -> None:

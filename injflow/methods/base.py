@@ -80,6 +80,7 @@ class Method:
     Attributes:
         total_steps: The run's number of optimiser steps, set by the engine before training so
             schedules such as ``linear`` know where they end (``None`` = unknown).
+        progress: The spent fraction of a wall-clock budget, set by the engine when ``train.max_time`` is set.
     """
 
     name: ClassVar[str] = "method"
@@ -88,11 +89,14 @@ class Method:
 
     def __post_init__(self) -> None:
         self.total_steps: int | None = None
+        #: Spent fraction of a wall-clock budget (``train.max_time``), set by the engine every step; ``None``
+        #: when the run is measured in steps.
+        self.progress: float | None = None
         self._schedules: dict[str, Schedule] = {k: as_schedule(getattr(self, k), k) for k in self.scheduled}
 
     def weight(self, key: str, step: int) -> float:
         """The value of the scheduled hyper-parameter ``key`` at optimiser step ``step``."""
-        return self._schedules[key](step, self.total_steps)
+        return self._schedules[key](step, self.total_steps, self.progress)
 
     def weights(self, step: int) -> dict[str, float]:
         """All scheduled hyper-parameters at ``step`` (for logging)."""

@@ -4,7 +4,8 @@ A config value for a schedulable weight is either a number (constant) or a mappi
 ``schedule`` key:
 
 * ``{schedule: linear, start: 20, end: 40}`` — linear from ``start`` at step 0 to ``end`` at the last
-  step (or at ``steps``, then held), as FIF's β in App. E.3;
+  step (or at ``steps``, then held), as FIF's β in App. E.3; a run with a wall-clock budget
+  (``train.max_time``) goes from ``start`` to ``end`` over the budget instead;
 * ``{schedule: penalty, start: 1, rate: 0.001, nu: 1.3}`` — :math:`\text{start} + \text{rate}\cdot i^\nu`,
   Kumar et al.'s penalty growth :math:`1 + i^\nu/1000` (§4);
 * ``{schedule: constant, value: 10}``.
@@ -12,6 +13,7 @@ A config value for a schedulable weight is either a number (constant) or a mappi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +21,13 @@ __all__ = ["Schedule", "Constant", "Linear", "Penalty", "as_schedule", "SCHEDULE
 
 
 class Schedule:
-    """A weight as a function of ``(step, total_steps)``; ``total_steps`` may be ``None`` when unknown."""
+    """A weight as a function of ``(step, total_steps, progress)``.
 
-    def __call__(self, step: int, total_steps: int | None = None) -> float:  # pragma: no cover - abstract
+    ``total_steps`` may be ``None`` when unknown; ``progress`` in [0, 1] is the spent fraction of a wall-clock
+    budget (``None`` when the run is measured in steps).
+    """
+
+    def __call__(self, step: int, total_steps: int | None = None, progress: float | None = None) -> float:  # pragma: no cover
         raise NotImplementedError
 
     def bounds(self) -> tuple[float, float]:
@@ -35,7 +41,7 @@ class Constant(Schedule):
 
     value: float
 
-    def __call__(self, step: int, total_steps: int | None = None) -> float:
+    def __call__(self, step: int, total_steps: int | None = None, progress: float | None = None) -> float:
         return float(self.value)
 
     def bounds(self) -> tuple[float, float]:
@@ -44,13 +50,19 @@ class Constant(Schedule):
 
 @dataclass(frozen=True)
 class Linear(Schedule):
-    r"""Linear interpolation :math:`a + (b - a)\min(1, i / n)`, with :math:`n` = ``steps`` or the run's length."""
+    r"""Linear interpolation :math:`a + (b - a)\min(1, i / n)`, with :math:`n` = ``steps`` or the run's length.
+
+    Over a wall-clock budget (``progress`` given, ``steps`` not), the fraction is the spent share of the budget.
+    """
 
     start: float
     end: float
     steps: int | None = None
 
-    def __call__(self, step: int, total_steps: int | None = None) -> float:
+    def __call__(self, step: int, total_steps: int | None = None, progress: float | None = None) -> float:
+        if self.steps is None and progress is not None:
+            frac = min(1.0, max(0.0, float(progress)))
+            return float(self.start + (self.end - self.start) * frac)
         n = self.steps if self.steps is not None else total_steps
         if not n or n <= 1:
             return float(self.start)
@@ -69,7 +81,7 @@ class Penalty(Schedule):
     rate: float = 1e-3
     nu: float = 1.0
 
-    def __call__(self, step: int, total_steps: int | None = None) -> float:
+    def __call__(self, step: int, total_steps: int | None = None, progress: float | None = None) -> float:
         return float(self.start + self.rate * float(step) ** self.nu)
 
     def bounds(self) -> tuple[float, float]:
@@ -98,6 +110,8 @@ def as_schedule(value: Any, key: str = "value") -> Schedule:
     if isinstance(value, bool):
         raise ValueError(f"{key}: expected a number or a schedule mapping, got {value!r}")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError(f"{key}: must be a finite number, got {value}")
         return Constant(float(value))
     if isinstance(value, dict):
         options = dict(value)
@@ -111,6 +125,8 @@ def as_schedule(value: Any, key: str = "value") -> Schedule:
         for k, v in options.items():
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
                 raise ValueError(f"{key}.{k}: expected a number, got {v!r}")
+            if v is not None and not math.isfinite(v):
+                raise ValueError(f"{key}.{k}: must be a finite number, got {v}")
         if isinstance(sched, Linear) and sched.steps is not None and sched.steps < 1:
             raise ValueError(f"{key}.steps: must be >= 1, got {sched.steps}")
         return sched

@@ -9,7 +9,6 @@ r"""Metrics of injective flows: FID, the tabular FID-like W2, exact on-manifold 
 :mod:`~injflow.metrics.inception_score`      Inception Score (needs real logits; none offline)
 :mod:`~injflow.metrics.likelihood`           exact on-manifold NLL with reconstruction error (FIF eq. 2)
 :mod:`~injflow.metrics.spectrum`             singular values of the decoder Jacobian (FIF App. E.1.2)
-:mod:`~injflow.metrics.plots`                figures with their provenance
 :mod:`~injflow.metrics.evaluation`           the papers' evaluation protocol for one split
 :mod:`~injflow.metrics.report`               HTML + Markdown reports of run folders
 ==========================================  =====================================================================
@@ -17,7 +16,7 @@ r"""Metrics of injective flows: FID, the tabular FID-like W2, exact on-manifold 
 See ``docs/metrics.md``.
 """
 
-from .evaluation import DEFAULT_FID_SAMPLES, Evaluation, evaluate_flow
+from .evaluation import DEFAULT_FID_SAMPLES, EvalOptions, Evaluation, evaluate_flow
 from .fid import ReferenceStatsCache, default_cache_dir, extract_features, feature_stats, fid, fid_from_features
 from .frechet import GaussianFit, fid_like_w2, frechet_distance, gaussian_fit
 from .inception import (
@@ -61,6 +60,7 @@ __all__ = [
     "spectrum_summary",
     "DEFAULT_FID_SAMPLES",
     "Evaluation",
+    "EvalOptions",
     "evaluate_flow",
     "read_run",
     "write_report",

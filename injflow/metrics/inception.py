@@ -180,7 +180,9 @@ def preprocess_images(
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode=resize, align_corners=False)
+        # In float64, so the float32 result does not depend on the number of threads (the summation order of the
+        # interpolation weights differs between CPU kernels by a few float32 ulps).
+        x = F.interpolate(x.double(), size=(size, size), mode=resize, align_corners=False).float()
         if resize == "bicubic":
             x = x.clamp(0.0, 1.0)
     return (2.0 * x - 1.0).contiguous()

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..plots import plot_loss_curves, plot_spectra
+
 __all__ = ["RunSummary", "read_run", "write_report", "check_renders_in_chromium", "ChromiumCheck"]
 
 SAMPLER_ORDER = ("reconstruction", "prior", "gaussian", "gmm")
@@ -69,54 +71,6 @@ class RunSummary:
         return m.get("latent_dim", ((self.config or {}).get("model") or {}).get("latent_dim", "?"))
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _draw_loss_curves(metrics_csv: Path, out: Path) -> Path | None:
-    """Training (epoch means) and validation curves of every logged term, from ``metrics.csv``."""
-    with open(metrics_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
-    series: dict[str, list[tuple[float, float]]] = {}
-    for r in rows:
-        step = float(r.get("step") or 0)
-        for k, v in r.items():
-            if k in ("step", "epoch") or not v:
-                continue
-            try:
-                series.setdefault(k, []).append((step, float(v)))
-            except ValueError:
-                continue
-    terms = sorted({k.split("/", 1)[1].removesuffix("_epoch") for k in series
-                    if k.startswith(("train/", "val/")) and not k.endswith("_step")})
-    if not terms:
-        return None
-    plt = _plt()
-    cols = min(3, len(terms))
-    nrow = math.ceil(len(terms) / cols)
-    fig, axes = plt.subplots(nrow, cols, figsize=(4 * cols, 3 * nrow), squeeze=False)
-    for ax, term in zip(axes.flat, terms):
-        for key, label in ((f"train/{term}_epoch", "train"), (f"train/{term}", "train"), (f"val/{term}", "validation")):
-            if key in series:
-                xs, ys = zip(*series[key])
-                ax.plot(xs, ys, label=label, marker="o" if len(xs) < 30 else None, ms=3)
-        ax.set_title(term, fontsize=9)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(terms):]:
-        ax.axis("off")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90, metadata={"Software": None})
-    plt.close(fig)
-    return out
-
-
 def read_run(run: str | Path, *, scratch: Path | None = None) -> RunSummary:
     """Collects what a report shows of one run folder; ``scratch`` is where a missing loss plot may be drawn."""
     import yaml
@@ -135,7 +89,7 @@ def read_run(run: str | Path, *, scratch: Path | None = None) -> RunSummary:
     if (run / "plots" / "loss_curves.png").is_file():
         s.loss_curves = run / "plots" / "loss_curves.png"
     elif (run / "metrics.csv").is_file() and scratch is not None:
-        s.loss_curves = _draw_loss_curves(run / "metrics.csv", scratch / f"{s.name}-loss_curves.png")
+        s.loss_curves = plot_loss_curves(run / "metrics.csv", scratch / f"{s.name}-loss_curves.png", include_steps=False)
     figures = (metrics or {}).get("figures") or {}
     order = ["reconstructions", *[f"samples_{k}" for k in SAMPLER_ORDER], "samples", "latents", "spectrum"]
     for key in sorted(figures, key=lambda k: (order.index(k) if k in order else len(order), k)):
@@ -329,7 +283,6 @@ def _run_section(page: _Page, s: RunSummary, level: int) -> None:
 def _spectra_figure(runs: list[RunSummary], out: Path) -> Path | None:
     import numpy as np
 
-    from .plots import plot_spectra
 
     spectra = {r.name: np.load(r.spectrum)["singular_values"] for r in runs if r.spectrum is not None}
     if len(spectra) < 2:

@@ -1,9 +1,14 @@
-"""The training engine: config, Lightning module, data module, callbacks, plots and the fit runner."""
+"""The training engine: the Lightning module, data module, callbacks and the fit runner.
 
-from .config import Config, ConfigError, config_from_dict, config_to_dict, load_config
-from .model import InjectiveFlow
-from .module import FlowModule, NonFiniteLossError
-from .runner import FitResult, RunData, fit_config, resume_run
+The config (:mod:`injflow.config`) and the model (:mod:`injflow.model`) live outside this package — neither needs
+Lightning — and are re-exported here for convenience.
+"""
+
+from ..config import Config, ConfigError, config_from_dict, config_to_dict, load_config
+from ..errors import NonFiniteLossError, RunInterrupted
+from ..model import InjectiveFlow
+from .module import FlowModule
+from .runner import FitResult, RunData, fit_config, prepare_run, resume_run
 
 __all__ = [
     "Config",
@@ -13,9 +18,11 @@ __all__ = [
     "InjectiveFlow",
     "NonFiniteLossError",
     "RunData",
+    "RunInterrupted",
     "config_from_dict",
     "config_to_dict",
     "fit_config",
     "load_config",
+    "prepare_run",
     "resume_run",
 ]

@@ -1,32 +1,68 @@
-"""Callbacks and plugins of the engine: atomic checkpoints, a resumable CSV log, early stop for resume tests, plots."""
+"""Callbacks and plugins of the engine: safe checkpoints, a resumable CSV log, graceful stops on signals, plots."""
 
 from __future__ import annotations
 
 import csv
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
-from .model import atomic_torch_save
+from ..errors import NonFiniteStateError
+from ..io import atomic_torch_save, load_torch
 
-__all__ = ["AtomicCheckpointIO", "MetricsCSVLogger", "StopAfterSteps", "StopRun", "PeriodicCheckpoint", "PlotCallback"]
+__all__ = [
+    "SafeCheckpointIO",
+    "MetricsCSVLogger",
+    "SignalFlag",
+    "GracefulStop",
+    "StopRun",
+    "PeriodicCheckpoint",
+    "PlotCallback",
+    "non_finite_entries",
+]
 
 
-class AtomicCheckpointIO(CheckpointIO):
-    """Writes checkpoints to a temporary file and renames it, so a kill never leaves a corrupt checkpoint."""
+def non_finite_entries(checkpoint: dict[str, Any]) -> list[str]:
+    """Names of the weights and optimiser-state tensors of a Lightning checkpoint that hold NaN or inf."""
+    bad = [k for k, v in checkpoint.get("state_dict", {}).items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+    for i, opt in enumerate(checkpoint.get("optimizer_states", [])):
+        for pid, state in opt.get("state", {}).items():
+            for k, v in state.items():
+                if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all():
+                    bad.append(f"optimizer[{i}].state[{pid}].{k}")
+    return bad
+
+
+class SafeCheckpointIO(CheckpointIO):
+    """Checkpoints written atomically, only from finite weights, and read without running code.
+
+    A write goes to a temporary file that is renamed over the target (:func:`injflow.io.atomic_torch_save`), so a
+    kill never leaves a corrupt checkpoint; a state with NaN/inf weights or optimiser moments is never written
+    (:class:`~injflow.errors.NonFiniteStateError`), so the previous ``last.ckpt`` stays the last good one; reads
+    use ``weights_only=True`` (:func:`injflow.io.load_torch`).
+    """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        bad = non_finite_entries(checkpoint)
+        if bad:
+            step = checkpoint.get("global_step")
+            raise NonFiniteStateError(
+                f"the weights became non-finite by optimiser step {step} ({len(bad)} tensors, e.g. {', '.join(bad[:3])}): "
+                f"a NaN/inf gradient or learning rate; {Path(path).name} was not written, so the previous checkpoint is "
+                f"the last good one. Try a lower optim.lr, optim.grad_clip, or a higher method.beta."
+            )
         atomic_torch_save(checkpoint, path)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        import torch
-
-        return torch.load(path, map_location=map_location or "cpu", weights_only=False)
+        return load_torch(path, what="checkpoint", map_location=map_location or "cpu")
 
     def remove_checkpoint(self, path: Any) -> None:
         if os.path.exists(path):
@@ -34,31 +70,37 @@ class AtomicCheckpointIO(CheckpointIO):
 
 
 class MetricsCSVLogger(Logger):
-    """Appends logged metrics to ``<run>/metrics.csv`` (one row per logging call: ``step`` plus metrics).
+    """Appends logged rows to ``<run>/metrics.csv`` (``step`` plus every metric; the header is the union, sorted).
 
-    Unlike Lightning's ``CSVLogger`` it keeps earlier rows when a run is resumed; rows logged after the
-    resumed checkpoint's step (by the killed run) are dropped first so the file has no duplicates.
+    Unlike Lightning's ``CSVLogger`` it continues a resumed run's file exactly: every checkpoint records how many
+    rows were written when it was saved (:meth:`flush` returns that count), and a resumed run first cuts the file
+    back to that many rows — the rows the killed run wrote after its checkpoint are the ones the resumed run
+    writes again, so the file equals an uninterrupted run's.
 
     Arguments:
         path: The CSV file.
-        resume_step: When resuming, the checkpoint's global step.
+        keep_rows: When resuming, the row count recorded in the checkpoint.
+        resume_step: When resuming from a checkpoint without a row count (older injflow): keep rows before this step.
     """
 
-    def __init__(self, path: str | Path, *, resume_step: int | None = None):
+    def __init__(self, path: str | Path, *, keep_rows: int | None = None, resume_step: int | None = None):
         super().__init__()
         self.path = Path(path)
-        self._rows: list[dict[str, Any]] = []
+        self._pending: list[dict[str, Any]] = []
+        self._rows: list[dict[str, str]] = []
         self._keys: list[str] = []
-        if self.path.exists():
+        if self.path.exists() and (keep_rows is not None or resume_step is not None):
             with open(self.path, newline="") as f:
                 reader = csv.DictReader(f)
                 rows = list(reader)
                 self._keys = [k for k in (reader.fieldnames or []) if k != "step"]
-            if resume_step is not None:
-                rows = [r for r in rows if int(float(r.get("step") or 0)) < resume_step]
+            if keep_rows is not None:
+                rows = rows[:keep_rows]
             else:
-                rows = []
-            self._write(rows, rewrite=True)
+                rows = [r for r in rows if int(float(r.get("step") or 0)) < resume_step]
+            self._rows = rows
+        if rank_zero_only.rank == 0:  # every DDP process builds the logger; one writes the file
+            self._rewrite()
 
     @property
     def name(self) -> str:
@@ -78,65 +120,164 @@ class MetricsCSVLogger(Logger):
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        row = {"step": step}
-        row.update({k: float(v) for k, v in metrics.items() if k != "epoch" or True})
-        self._rows.append(row)
+        self._pending.append({"step": step, **{k: float(v) for k, v in metrics.items()}})
 
-    def _write(self, rows: list[dict[str, Any]], rewrite: bool) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "w" if rewrite else "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["step", *self._keys])
-            if rewrite:
-                writer.writeheader()
-            writer.writerows(rows)
+    def _rewrite(self) -> None:
+        from ..io import atomic_write
+
+        def write(f) -> None:
+            import io
+
+            text = io.StringIO(newline="")
+            writer = csv.DictWriter(text, fieldnames=["step", *self._keys])
+            writer.writeheader()
+            writer.writerows(self._rows)
+            f.write(text.getvalue().encode())
+
+        atomic_write(self.path, write)
+
+    def flush(self) -> int:
+        """Writes the pending rows; returns the number of rows in the file."""
+        if self._pending:
+            new = sorted({k for r in self._pending for k in r if k != "step"} - set(self._keys))
+            rows = [{k: "" if v is None else str(v) for k, v in r.items()} for r in self._pending]
+            self._pending = []
+            self._rows.extend(rows)
+            if new or not self.path.exists():
+                self._keys = sorted(set(self._keys) | set(new))
+                self._rewrite()
+            else:
+                with open(self.path, "a", newline="") as f:
+                    csv.DictWriter(f, fieldnames=["step", *self._keys]).writerows(rows)
+        return len(self._rows)
 
     @rank_zero_only
     def save(self) -> None:
-        if not self._rows:
-            return
-        new = sorted({k for r in self._rows for k in r if k != "step"} - set(self._keys))
-        if new or not self.path.exists():
-            old = []
-            if self.path.exists():
-                with open(self.path, newline="") as f:
-                    old = list(csv.DictReader(f))
-            self._keys = sorted(set(self._keys) | set(new))
-            self._write(old + self._rows, rewrite=True)
-        else:
-            self._write(self._rows, rewrite=False)
-        self._rows = []
+        self.flush()
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        self.save()
+        self.flush()
 
 
 class StopRun(Exception):
-    """Raised by :class:`StopAfterSteps` to end an invocation abruptly, like a kill (no end-of-epoch saving)."""
+    """Raised by :class:`GracefulStop` for ``train.stop_after_steps`` (a simulated kill with a resumable checkpoint)."""
 
 
-class StopAfterSteps(L.Callback):
-    """Ends the invocation after ``n`` optimiser steps with a resumable ``last.ckpt`` (simulates a killed job).
+class SignalFlag:
+    """Catches SIGTERM and SIGINT while installed: the first one asks training to stop after the current step; a
+    second SIGINT stops at once (``KeyboardInterrupt``)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._launcher: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+        if self._launcher is not None and hasattr(self._launcher, "kill"):  # forward to the other DDP processes
+            try:
+                self._launcher.kill(signum)
+            except Exception:  # a launcher without children
+                pass
+        print(f"\n[injflow] received {signal.Signals(signum).name}: saving a checkpoint after this step, then stopping"
+              + (" (Ctrl-C again to abort at once)" if signum == signal.SIGINT else ""), flush=True)
+
+    def install(self, launcher: Any = None) -> "SignalFlag":
+        """(Re)installs the handlers (Lightning replaces SIGTERM's when a fit starts); only in the main thread."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        self._launcher = launcher
+        for s in self.SIGNALS:
+            previous = signal.signal(s, self._handle)
+            if previous is not self._handle and s not in self._previous:
+                self._previous[s] = previous
+        return self
+
+    def restore(self) -> None:
+        """Puts back the handlers that were there before :meth:`install`."""
+        for s, handler in self._previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def __enter__(self) -> "SignalFlag":
+        return self.install()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.restore()
+
+
+class GracefulStop(L.Callback):
+    """Ends the invocation with a resumable ``last.ckpt`` on a signal or after ``stop_after_steps`` steps.
+
+    The checkpoint is written after a whole optimiser step (at the end of an epoch, after validation, when the
+    step is the epoch's last), then :class:`StopRun` (stop_after_steps) or
+    :class:`~injflow.errors.RunInterrupted` (a signal) leaves the fit like a kill: no end-of-run work.
+    Under DDP the decision is collective, so every process stops at the same step.
 
     Arguments:
-        n: Global step at which to stop.
-        path: Where to write the checkpoint.
+        path: The checkpoint to write.
+        flag: The signal flag to watch.
+        stop_after_steps: Global step at which to stop (``None``: only on signals).
     """
 
-    def __init__(self, n: int, path: str | Path):
-        self.n, self.path = int(n), Path(path)
-        self.stopped = False
+    def __init__(self, path: str | Path, flag: SignalFlag, stop_after_steps: int | None = None):
+        self.path, self.flag, self.n = Path(path), flag, stop_after_steps
+        self.stopped_at: int | None = None
+        self._deferred: str | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.flag.install(trainer.strategy.launcher if trainer.is_global_zero else None)
+
+    def _reason(self, trainer: L.Trainer) -> str | None:
+        reason = None
+        if self.flag.signal is not None:
+            reason = "signal"
+        elif self.n is not None and trainer.global_step >= self.n:
+            reason = "steps"
+        if trainer.world_size > 1:
+            stop = bool(trainer.strategy.reduce_boolean_decision(reason is not None, all=False))
+            reason = (reason or "signal") if stop else None
+        return reason
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if trainer.global_step >= self.n and not self.stopped:
-            trainer.save_checkpoint(self.path)
-            self.stopped = True
-            # Abort like a kill: a graceful `should_stop` would let end-of-epoch hooks overwrite last.ckpt.
-            raise StopRun(f"stopped after {trainer.global_step} steps")
+        batch_idx = args[-1] if args else 0
+        reason = self._reason(trainer)
+        if reason is None:
+            return
+        if batch_idx + 1 >= trainer.num_training_batches:
+            self._deferred = reason  # the epoch's validation and end-of-epoch checkpoint come first
+            return
+        self._stop(trainer, reason)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._deferred is not None:
+            self._stop(trainer, self._deferred)
+
+    def _stop(self, trainer: L.Trainer, reason: str) -> None:
+        from ..errors import RunInterrupted
+
+        trainer.save_checkpoint(self.path)
+        self.stopped_at = trainer.global_step
+        if reason == "steps":
+            raise StopRun(f"stopped after {trainer.global_step} steps (train.stop_after_steps)")
+        signum = self.flag.signal or signal.SIGTERM
+        raise RunInterrupted(
+            f"stopped by {signal.Signals(signum).name} after optimiser step {trainer.global_step}; a resumable "
+            f"checkpoint is at {self.path}", signal_number=int(signum)
+        )
 
 
 class PeriodicCheckpoint(L.Callback):
     """Writes ``last.ckpt`` every ``n`` optimiser steps (mid-epoch; resumable thanks to the stateful loader).
+
+    The last step of an epoch is left to the end-of-epoch checkpoint, which comes after validation.
 
     Arguments:
         n: Period in optimiser steps.
@@ -147,7 +288,8 @@ class PeriodicCheckpoint(L.Callback):
         self.n, self.path = int(n), Path(path)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if trainer.global_step % self.n == 0:
+        batch_idx = args[-1] if args else 0
+        if trainer.global_step % self.n == 0 and batch_idx + 1 < trainer.num_training_batches:
             trainer.save_checkpoint(self.path)
 
 

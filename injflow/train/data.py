@@ -1,6 +1,6 @@
 r"""In-memory data for the engine: batches by slicing tensors, resumable mid-epoch, sharded for DDP.
 
-:class:`TensorBatches` draws epoch ``e``'s order from a generator seeded with ``seed + e`` (so it needs no
+:class:`TensorBatches` draws epoch ``e``'s order from a generator seeded with ``seed · 1000003 + e`` (so it needs no
 global RNG), yields the global batch's slice for this process (rank ``r`` of ``w`` gets rows
 ``[r·B/w, (r+1)·B/w)`` of each global batch of ``B``, so the averaged gradient over processes equals the
 single-process one), and implements ``state_dict``/``load_state_dict`` so a run resumed from a
@@ -24,6 +24,7 @@ class TensorBatches:
     Arguments:
         data: The whole split, shape ``(N, *data_shape)``.
         batch_size: The global batch size ``B`` (over all processes).
+        labels: Class labels ``(N,)``; batches are then ``(x, c)`` pairs.
         shuffle: Whether each epoch uses a fresh seeded permutation.
         seed: Base seed of the permutations.
         drop_last: Whether to drop a final incomplete batch.
@@ -46,10 +47,12 @@ class TensorBatches:
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        labels: Tensor | None = None,
     ):
         if batch_size % world_size:
             raise ValueError(f"data.batch_size={batch_size} must be divisible by the number of processes {world_size}")
         self.data = data
+        self.labels = labels
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.seed = int(seed)
@@ -70,7 +73,7 @@ class TensorBatches:
         n = self.data.shape[0]
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[Tensor]:
+    def __iter__(self) -> Iterator[Tensor | tuple[Tensor, Tensor]]:
         # A generator: the order is drawn lazily at the first ``next``, after ``set_epoch`` / ``load_state_dict``.
         n = self.data.shape[0]
         if self.shuffle:
@@ -92,7 +95,7 @@ class TensorBatches:
             if a >= b:
                 a, b = hi - 1, hi  # never yield an empty batch
             idx = order[a:b] if order is not None else slice(a, b)
-            yield self.data[idx]
+            yield self.data[idx] if self.labels is None else (self.data[idx], self.labels[idx])
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "consumed": self.consumed}
@@ -115,6 +118,7 @@ class TensorDataModule(L.LightningDataModule):
         val_batch_size: Validation batch size (default: ``batch_size``).
         seed: Seed of the epoch permutations.
         drop_last: Whether to drop an incomplete final training batch.
+        train_labels, val_labels: Class labels of the splits (conditional models).
     """
 
     def __init__(
@@ -126,9 +130,12 @@ class TensorDataModule(L.LightningDataModule):
         val_batch_size: int | None = None,
         seed: int = 0,
         drop_last: bool = False,
+        train_labels: Tensor | None = None,
+        val_labels: Tensor | None = None,
     ):
         super().__init__()
         self.train_data, self.val_data = train, val
+        self.train_labels, self.val_labels = train_labels, val_labels
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.seed = seed
@@ -151,7 +158,8 @@ class TensorDataModule(L.LightningDataModule):
     def train_dataloader(self) -> TensorBatches:
         rank, world = self._dist()
         self.train_batches = TensorBatches(
-            self.train_data, self.batch_size, shuffle=True, seed=self.seed, drop_last=self.drop_last, rank=rank, world_size=world
+            self.train_data, self.batch_size, shuffle=True, seed=self.seed, drop_last=self.drop_last, rank=rank,
+            world_size=world, labels=self.train_labels,
         )
         if self._pending_state is not None:
             self.train_batches.load_state_dict(self._pending_state)
@@ -162,4 +170,4 @@ class TensorDataModule(L.LightningDataModule):
             return []
         rank, world = self._dist()
         vb = self.val_batch_size - self.val_batch_size % world or world
-        return TensorBatches(self.val_data, vb, shuffle=False, rank=rank, world_size=world)
+        return TensorBatches(self.val_data, vb, shuffle=False, rank=rank, world_size=world, labels=self.val_labels)

@@ -1,35 +1,42 @@
-r"""The one training engine: a Lightning module joining an :class:`InjectiveFlow` and a method.
+r"""The one training engine: a Lightning module joining an :class:`~injflow.model.InjectiveFlow` and a method.
 
 Per optimiser step it (1) adds Gaussian noise of std ``input_noise`` to the batch (FIF trains with
-σ = 0.01, App. E.2), (2) asks the method for its loss terms, (3) stops with
-:class:`NonFiniteLossError` naming the step and the term if the loss is not finite — before the optimiser
-touches the weights, so the last checkpoint stays good — and (4) logs the mean of every term and every
-scheduled weight. Validation evaluates the same terms without input noise, with fixed seeds (so the
-Hutchinson noise is the same every epoch and the training RNG stream is untouched), optionally with
-EMA weights.
+σ = 0.01, App. E.2), (2) asks the method for its loss terms (for a conditional model, on the view of the model
+given the batch's labels), (3) stops with :class:`~injflow.errors.NonFiniteLossError` naming the step and the
+term if the loss is not finite — before the optimiser touches the weights on the CPU, where the flag is read every
+step; on an accelerator every ``check_finite_every_n_steps`` steps, and the state guard of the checkpoints
+(:mod:`injflow.train.callbacks`) keeps the weights of a non-finite step out of every checkpoint — and (4) adds the
+terms to running sums on the device.
+
+Logging costs no host synchronisation per step: the step values are read every ``log_every_n_steps`` steps, the
+epoch means from the running sums once per epoch (all-reduced over processes), and the sums of an interrupted
+epoch travel in the checkpoint, so a resumed run logs the same epoch means as an uninterrupted one. Validation
+evaluates the same terms without input noise, with fixed seeds (so the Hutchinson noise is the same every epoch and
+the training RNG stream is untouched), optionally with EMA weights.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
+from ..config import OptimConfig
+from ..errors import NonFiniteLossError
 from ..methods import Method
-from .config import OptimConfig
-from .model import InjectiveFlow
+from ..model import InjectiveFlow
 
 __all__ = ["FlowModule", "NonFiniteLossError"]
 
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message names the optimiser step and the offending term(s)."""
+#: The host reads the non-finite flag this often on accelerators when ``check_finite_every_n_steps`` is not set.
+ACCELERATOR_CHECK_EVERY = 50
 
 
 class _Nets:
-    """What a method sees: ``encode``, ``decode`` and ``latent`` (possibly the EMA copies of the nets)."""
+    """What a method sees in validation: ``encode``, ``decode`` and ``latent`` (possibly the EMA copies of the nets)."""
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, latent: nn.Module):
         self.encoder, self.decoder, self.latent = encoder, decoder, latent
@@ -39,6 +46,43 @@ class _Nets:
 
     def decode(self, z: Tensor) -> Tensor:
         return self.decoder(z)
+
+
+class _EpochSums:
+    """Running sums of per-sample terms on the device (float64), without a host read per step."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.count = 0
+
+    def add(self, terms: dict[str, Tensor], n: int) -> None:
+        for k, v in terms.items():
+            v = v.detach()
+            total = v.double().sum() if v.ndim else v.double() * n
+            self.sums[k] = self.sums[k] + total if k in self.sums else total
+        self.count += n
+
+    def means(self, strategy: Any, world_size: int) -> dict[str, float]:
+        """Means over the epoch (over every process under DDP: one all-reduce per epoch)."""
+        if not self.sums:
+            return {}
+        keys = sorted(self.sums)
+        device = self.sums[keys[0]].device
+        packed = torch.stack([self.sums[k] for k in keys] + [torch.tensor(float(self.count), dtype=torch.float64, device=device)])
+        if world_size > 1:
+            packed = strategy.reduce(packed, reduce_op="sum")
+        values = packed.tolist()
+        return {k: values[i] / max(values[-1], 1.0) for i, k in enumerate(keys)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": {k: v.cpu() for k, v in self.sums.items()}, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        self.sums = {k: v.to(device) for k, v in state["sums"].items()}
+        self.count = int(state["count"])
+
+    def reset(self) -> None:
+        self.sums, self.count = {}, 0
 
 
 class FlowModule(L.LightningModule):
@@ -52,6 +96,11 @@ class FlowModule(L.LightningModule):
         ema_decay: Decay of an exponential moving average of the weights (``None``: no EMA). When set,
             validation and the exported model use the EMA weights.
         seed: Seed of the validation noise.
+        log_every_n_steps: How often step values are logged (one host read each time).
+        check_finite_every_n_steps: How often the host reads the non-finite flag (``None``: every step on the CPU,
+            every :data:`ACCELERATOR_CHECK_EVERY` steps elsewhere).
+        max_time: Wall-clock budget in seconds; schedules then follow the spent fraction of it.
+        describe: The model description saved into every checkpoint (:meth:`InjectiveFlow.describe`).
     """
 
     def __init__(
@@ -63,6 +112,10 @@ class FlowModule(L.LightningModule):
         input_noise: float = 0.0,
         ema_decay: float | None = None,
         seed: int = 0,
+        log_every_n_steps: int = 10,
+        check_finite_every_n_steps: int | None = None,
+        max_time: float | None = None,
+        describe: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.flow = flow
@@ -70,6 +123,10 @@ class FlowModule(L.LightningModule):
         self.optim = optim or OptimConfig()
         self.input_noise = float(input_noise)
         self.seed = int(seed)
+        self.log_every_n_steps = int(log_every_n_steps)
+        self.check_finite_every_n_steps = check_finite_every_n_steps
+        self.max_time = max_time
+        self.describe = describe or flow.describe()
         self.ema: nn.Module | None = None
         if ema_decay is not None:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -78,15 +135,30 @@ class FlowModule(L.LightningModule):
             self.ema = AveragedModel(nets, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
             self.ema.requires_grad_(False)
         self._rng_to_restore: dict[str, Any] | None = None
+        self._train_sums, self._val_sums = _EpochSums(), _EpochSums()
+        self._first_bad_step: Tensor | None = None
+        self._pending_error: str | None = None
+        self._check_every = 1
+        self._timer: Any = None
+        #: The run's CSV logger (set by the runner): its row count goes into every checkpoint.
+        self.csv_logger: Any = None
+        #: Extra estimator context during training steps (the engine turns the per-step input checks off: the data
+        #: were validated once before training).
+        self.step_context: Any = nullcontext
 
     # ------------------------------------------------------------------ views
 
-    def eval_nets(self) -> _Nets:
-        """The nets used for validation and export: the EMA copies when EMA is on."""
-        if self.ema is not None:
-            m = self.ema.module
+    def eval_nets(self, c: Tensor | None = None) -> Any:
+        """The nets used for validation and export: the EMA copies when EMA is on (given the labels ``c``)."""
+        if self.ema is None:
+            return self.flow.given(c)
+        m = self.ema.module
+        if c is None:
             return _Nets(m["encoder"], m["decoder"], self.flow.latent)
-        return _Nets(self.flow.encoder, self.flow.decoder, self.flow.latent)
+        from ..model import InjectiveFlow as _Flow
+
+        ema = _Flow(m["encoder"], m["decoder"], self.flow.latent, num_classes=self.flow.num_classes)
+        return ema.given(c)
 
     def export_flow(self) -> InjectiveFlow:
         """The trained model, with the EMA weights copied in when EMA is on."""
@@ -101,45 +173,140 @@ class FlowModule(L.LightningModule):
     def on_fit_start(self) -> None:
         total = self.trainer.estimated_stepping_batches
         self.method.total_steps = int(total) if total != float("inf") else None
+        device = self.device
+        explicit = self.check_finite_every_n_steps
+        self._check_every = explicit or (1 if device.type == "cpu" else ACCELERATOR_CHECK_EVERY)
+        self._first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        from lightning.pytorch.callbacks import Timer
 
-    def _log_terms(self, stage: str, terms: dict[str, Tensor], batch_size: int, on_step: bool) -> None:
-        values = {f"{stage}/{k}": v.detach().float().mean() for k, v in terms.items()}
-        self.log_dict(
-            values, on_step=on_step, on_epoch=True, prog_bar=False, batch_size=batch_size, sync_dist=not on_step
-        )
-        # The progress bar shows the step values of the training terms.
-        if on_step:
-            self.log_dict({k.split("/", 1)[1]: v for k, v in values.items()}, on_step=True, on_epoch=False,
-                          prog_bar=True, logger=False, batch_size=batch_size)
+        self._timer = next((cb for cb in self.trainer.callbacks if isinstance(cb, Timer)), None)
 
-    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+    def on_train_start(self) -> None:
+        # Restored as late as possible: nothing between here and the first batch draws random numbers.
+        if self._rng_to_restore is not None:
+            torch.set_rng_state(self._rng_to_restore["torch"])
+            if "cuda" in self._rng_to_restore and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self._rng_to_restore["cuda"])
+            self._rng_to_restore = None
+
+    def budget_progress(self) -> float | None:
+        """The spent fraction of ``max_time`` (Lightning's timer, which a resumed run continues), or ``None``."""
+        if not self.max_time or self._timer is None:
+            return None
+        return min(1.0, float(self._timer.time_elapsed("train")) / self.max_time)
+
+    def _split(self, batch: Any) -> tuple[Tensor, Tensor | None]:
+        if isinstance(batch, (tuple, list)):
+            return batch[0], batch[1]
+        return batch, None
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         step = self.global_step
-        x = batch
+        x, c = self._split(batch)
+        if self.max_time:
+            self.method.progress = self.budget_progress()
         if self.input_noise > 0:
             x = x + self.input_noise * torch.randn_like(x)
-        terms = self.method.loss(x, step, self.flow)
+        model = self.flow if c is None else self.flow.given(c)
+        error = None
+        try:
+            with self.step_context():
+                terms = self.method.loss(x, step, model)
+        except ValueError as e:  # a bad batch (the estimators' input checks): a collective stop under DDP
+            if self.trainer.world_size == 1:
+                raise
+            error, terms = f"{type(e).__name__}: {e}", {"loss": torch.full((), float("nan"), device=x.device)}
         if "loss" not in terms:
             raise KeyError(f"method {self.method.name!r} returned no 'loss' term (got {sorted(terms)})")
         loss = terms["loss"].mean()
-        here = not bool(torch.isfinite(loss))
+        self._check_finite(loss, terms, x, step, batch_idx, error)
+        self._train_sums.add(terms, x.shape[0])
+        if (step + 1) % self.log_every_n_steps == 0:
+            self._log_step(terms, step)
+        if batch_idx + 1 == self.trainer.num_training_batches:
+            # The epoch's row is written here, before validation and before any end-of-epoch checkpoint, so a run
+            # resumed from that checkpoint neither repeats nor loses it.
+            self._log_epoch_means("train", self._train_sums, suffix="_epoch")
+        return loss
+
+    def _check_finite(self, loss: Tensor, terms: dict[str, Tensor], x: Tensor, step: int, batch_idx: int,
+                      error: str | None) -> None:
+        bad = ~torch.isfinite(loss)
+        self._first_bad_step = torch.where(bad & (self._first_bad_step < 0), step, self._first_bad_step)
+        if error is not None and self._pending_error is None:
+            self._pending_error = error
+        world = self.trainer.world_size
+        if (step + 1) % self._check_every and (world > 1 or self._pending_error is None):
+            return  # not due: the flag stays on the device (no host synchronisation)
+        here = int(self._first_bad_step) >= 0  # the one host read (every step on the CPU, where it is free)
         anywhere = here
-        if self.trainer.world_size > 1:
+        if world > 1:
             # Collective: a rank that stopped alone would leave the others waiting forever in the gradient all-reduce.
             anywhere = bool(self.trainer.strategy.reduce_boolean_decision(here, all=False))
-        if anywhere:
-            bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
-            where = (f"term(s) {', '.join(repr(b) for b in bad)} are NaN/inf" if here
-                     else f"another process (of {self.trainer.world_size}) has a NaN/inf loss")
-            raise NonFiniteLossError(
-                f"non-finite loss at optimiser step {step} (epoch {self.current_epoch}, batch {batch_idx}): "
-                f"{where}. Training stopped before the update; "
-                f"the last checkpoint is intact. Try a lower optim.lr, optim.grad_clip, or a higher method.beta."
-            )
-        self._log_terms("train", terms, x.shape[0], on_step=True)
-        weights = self.method.weights(step)
-        if weights:
-            self.log_dict({f"train/{k}": float(v) for k, v in weights.items()}, on_step=True, on_epoch=False)
-        return loss
+        if not anywhere:
+            return
+        first, error = int(self._first_bad_step), self._pending_error
+        if error is not None:
+            cause = f"the batch is bad: {error}"
+        elif here:
+            names = [k for k, v in terms.items() if not torch.isfinite(v).all()] if first == step else []
+            cause = (f"term(s) {', '.join(repr(b) for b in names)} are NaN/inf" if names
+                     else "the loss is NaN/inf")
+            if not torch.isfinite(x).all():
+                rows = torch.nonzero(~torch.isfinite(x).flatten(1).all(1)).flatten()[:5].tolist()
+                cause += f"; the batch itself holds NaN/inf (rows {rows})"
+            elif not all(torch.isfinite(p).all() for p in self.flow.parameters()):
+                cause += ("; the weights are already NaN/inf, so an earlier update went wrong (a NaN/inf gradient or "
+                          "an infinite learning rate)")
+        else:
+            cause = f"another process (of {world}) has a NaN/inf loss or a bad batch"
+        causes = self._gather_causes(cause) if world > 1 else [cause]
+        where = f"optimiser step {first if first >= 0 else step}"
+        if self._check_every > 1 and first >= 0 and first != step:
+            where += f" (found at step {step}: the flag is read every {self._check_every} steps)"
+        raise NonFiniteLossError(
+            f"non-finite loss at {where} (epoch {self.current_epoch}, batch {batch_idx}): {'; '.join(causes)}. "
+            f"Training stopped; no checkpoint holds the weights of that step, the last checkpoint is intact. "
+            f"Try a lower optim.lr, optim.grad_clip, or a higher method.beta."
+        )
+
+    def _gather_causes(self, cause: str) -> list[str]:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return [cause]
+        world, rank = dist.get_world_size(), dist.get_rank()
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, cause)
+        own = [f"{'this process' if i == rank else 'another process'} (rank {i} of {world}): {c}"
+               for i, c in enumerate(gathered) if c and not c.startswith("another process")]
+        return own or [cause]
+
+    def _log_step(self, terms: dict[str, Tensor], step: int) -> None:
+        values = {f"train/{k}_step": float(v.detach().float().mean()) for k, v in terms.items()}
+        values.update({f"train/{k}": float(v) for k, v in self.method.weights(step).items()})
+        for i, opt in enumerate(self.trainer.optimizers):
+            name = f"lr-{type(opt).__name__}" + (f"-{i}" if i else "")
+            values[name] = float(opt.param_groups[0]["lr"])
+        self._write_row(values, step)
+        pbar = {k.removeprefix("train/").removesuffix("_step"): v for k, v in values.items() if k.endswith("_step")}
+        self.log_dict(pbar, on_step=True, on_epoch=False, prog_bar=True, logger=False, batch_size=1)
+
+    def _write_row(self, values: dict[str, float], step: int) -> None:
+        if self.trainer.is_global_zero:
+            for logger in self.trainer.loggers:
+                logger.log_metrics(values, step=step)
+
+    def _log_epoch_means(self, stage: str, sums: _EpochSums, *, suffix: str) -> None:
+        means = sums.means(self.trainer.strategy, self.trainer.world_size)
+        sums.reset()
+        if not means:
+            return
+        values = {f"{stage}/{k}{suffix}": v for k, v in means.items()}
+        self._write_row({**values, "epoch": float(self.current_epoch)}, self.global_step)
+        # Known to the callbacks (best checkpoint, plateau scheduler); written to the loggers above.
+        self.log_dict({k: torch.tensor(v) for k, v in values.items()}, logger=False, on_step=False, on_epoch=True,
+                      batch_size=1)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Tell the resumable loader how far into the epoch we are (its own count runs ahead by Lightning's prefetch).
@@ -152,13 +319,21 @@ class FlowModule(L.LightningModule):
         if self.ema is not None:
             self.ema.update_parameters(nn.ModuleDict({"encoder": self.flow.encoder, "decoder": self.flow.decoder}))
 
-    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+    def on_train_epoch_end(self) -> None:
+        if self._train_sums.count:  # an epoch cut short by train.max_steps or train.max_time
+            self._log_epoch_means("train", self._train_sums, suffix="_epoch")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, c = self._split(batch)
         # Fixed noise per validation batch: comparable across epochs, and the training RNG stream is untouched.
-        devices = [batch.device] if batch.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.enable_grad(), self.step_context():
             torch.manual_seed(self.seed * 7919 + batch_idx)
-            terms = self.method.loss(batch, self.global_step, self.eval_nets())
-        self._log_terms("val", {k: v.detach() for k, v in terms.items()}, batch.shape[0], on_step=False)
+            terms = self.method.loss(x, self.global_step, self.eval_nets(c))
+        self._val_sums.add(terms, x.shape[0])
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_means("val", self._val_sums, suffix="")
 
     # ------------------------------------------------------------------ optimiser
 
@@ -172,8 +347,6 @@ class FlowModule(L.LightningModule):
             return optimizer
         interval = s.interval or ("epoch" if s.name == "plateau" else "step")
         total = self.trainer.estimated_stepping_batches if interval == "step" else self.trainer.max_epochs
-        if total == float("inf"):
-            raise ValueError(f"optim.scheduler.name={s.name!r} needs a finite run length (train.max_epochs or train.max_steps)")
         total = int(total)
         if s.name == "onecycle":
             sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=o.lr, total_steps=max(total, 2), **s.options)
@@ -192,14 +365,14 @@ class FlowModule(L.LightningModule):
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         checkpoint["injflow_rng"] = rng
+        from ..model import CHECKPOINT_FORMAT
+
+        checkpoint["injflow"] = {"format": CHECKPOINT_FORMAT, "version": 1, **self.describe}
+        checkpoint["injflow_epoch_sums"] = self._train_sums.state_dict()
+        if self.csv_logger is not None:
+            checkpoint["injflow_csv_rows"] = self.csv_logger.flush()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._rng_to_restore = checkpoint.get("injflow_rng")
-
-    def on_train_start(self) -> None:
-        # Restored as late as possible: nothing between here and the first batch draws random numbers.
-        if self._rng_to_restore is not None:
-            torch.set_rng_state(self._rng_to_restore["torch"])
-            if "cuda" in self._rng_to_restore and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(self._rng_to_restore["cuda"])
-            self._rng_to_restore = None
+        if "injflow_epoch_sums" in checkpoint:
+            self._train_sums.load_state_dict(checkpoint["injflow_epoch_sums"], self.device)

@@ -1,0 +1,604 @@
+"""Typed, validated run configuration: dataclasses, YAML loading and dotted ``key=value`` overrides.
+
+A config has six sections (see ``configs/default.yaml``)::
+
+    data:   {name, options, root, download, seed, batch_size, val_batch_size, drop_last}
+    model:  {architecture, latent_dim, options, conditional, latent: {name, options}}
+    method: {name, <the method's own fields, e.g. beta, n_hutchinson>}
+    optim:  {name, lr, weight_decay, betas, grad_clip, grad_clip_algorithm,
+             scheduler: {name, interval, monitor, options}}
+    train:  {seed, max_epochs, max_steps, stop_after_steps, input_noise, ema_decay, ...}
+    run:    {dir, root, name}
+
+Every key is checked before training: an unknown key, a value of the wrong type or an impossible value
+raises :class:`ConfigError` naming the dotted key (``train.max_epochs: expected int, got 'ten'``). Numbers must
+be finite (no NaN/inf anywhere), names (data sets, architectures, latents, samplers, methods, schedulers) are
+checked against their registries, and options against the signatures of what they configure — all before the
+data are loaded or anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+__all__ = [
+    "ConfigError",
+    "Config",
+    "DataConfig",
+    "LatentConfig",
+    "ModelConfig",
+    "SchedulerConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "RunConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "apply_overrides",
+    "default_config_path",
+    "check_dimensions",
+    "as_config",
+    "parse_duration",
+]
+
+_SEED_MAX = 2**32 - 1  # numpy's and Lightning's seed range
+
+
+def _check_seed(key: str, seed: int) -> None:
+    if not 0 <= seed <= _SEED_MAX:
+        raise ConfigError(f"{key}: must be an integer in [0, {_SEED_MAX}], got {seed}")
+
+
+def _check_options(key: str, registry: Any, name: str, options: dict[str, Any]) -> None:
+    """Unknown option names of a registered entry, reported under the dotted ``key`` of the option."""
+    allowed = registry.options(name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"{key}.{unknown[0]}: unknown option for {registry.kind} {name!r}; it accepts: "
+            f"{', '.join(sorted(allowed)) or '(none)'}"
+        )
+    _check_finite(key, options)
+
+
+def _check_finite(key: str, value: Any) -> None:
+    """NaN/inf anywhere inside free-form options (lists, dicts) is refused."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: must be a finite number, got {value}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(f"{key}.{k}", v)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite(f"{key}[{i}]", v)
+
+
+@dataclass
+class DataConfig:
+    """Which data set and how to batch it (``batch_size`` is the global batch over all devices)."""
+
+    name: str = "sinusoid"
+    options: dict[str, Any] = field(default_factory=dict)
+    root: str | None = None
+    download: bool = False
+    seed: int = 0
+    batch_size: int = 256
+    val_batch_size: int | None = None
+    drop_last: bool = False
+
+    def __post_init__(self) -> None:
+        from .data import DATASETS
+
+        if self.name not in DATASETS:
+            raise ConfigError(f"name: unknown data set {self.name!r}; choose from: {', '.join(DATASETS.names())}")
+        _check_options("options", DATASETS, self.name, self.options)
+        _check_seed("seed", self.seed)
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: must be >= 1, got {self.batch_size}")
+        if self.val_batch_size is not None and self.val_batch_size < 1:
+            raise ConfigError(f"val_batch_size: must be >= 1, got {self.val_batch_size}")
+
+
+@dataclass
+class LatentConfig:
+    """The prior on the latent space: ``normal``, ``isotropic_normal`` (``sigma``), ``student_t`` (``df``, ``scale``)."""
+
+    name: str = "normal"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from .distributions import LATENTS
+
+        if self.name not in LATENTS:
+            raise ConfigError(f"name: unknown latent {self.name!r}; choose from: {', '.join(LATENTS.names())}")
+        _check_options("options", LATENTS, self.name, self.options)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture (built by :func:`injflow.nets.build_autoencoder`), latent dimension d and latent prior.
+
+    ``conditional: true`` builds a class-conditional pair from the architecture (:mod:`injflow.nets.conditional`);
+    the data set must then carry labels (e.g. ``conditional_mnist``).
+    """
+
+    architecture: str = "toy_resnet"
+    latent_dim: int = 1
+    options: dict[str, Any] = field(default_factory=dict)
+    conditional: bool = False
+    latent: LatentConfig = field(default_factory=LatentConfig)
+
+    def __post_init__(self) -> None:
+        from .nets import ARCHITECTURES
+
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(
+                f"architecture: unknown architecture {self.architecture!r}; choose from: {', '.join(ARCHITECTURES.names())}"
+            )
+        _check_options("options", ARCHITECTURES, self.architecture, self.options)
+        if self.latent_dim < 1:
+            raise ConfigError(f"latent_dim: must be >= 1, got {self.latent_dim}")
+
+
+#: The torch LR scheduler behind each ``optim.scheduler.name`` and the arguments injflow sets itself.
+_SCHEDULERS: dict[str, tuple[str | None, tuple[str, ...]]] = {
+    "constant": (None, ()),
+    "onecycle": ("OneCycleLR", ("optimizer", "max_lr", "total_steps", "epochs", "steps_per_epoch")),
+    "cosine": ("CosineAnnealingLR", ("optimizer", "T_max")),
+    "plateau": ("ReduceLROnPlateau", ("optimizer",)),
+}
+
+
+@dataclass
+class SchedulerConfig:
+    """Learning-rate schedule, stepped every optimiser step (``interval: step``) unless ``interval: epoch``.
+
+    ``constant``; ``onecycle`` (``torch.optim.lr_scheduler.OneCycleLR``, ``max_lr`` = ``optim.lr``);
+    ``cosine`` (``CosineAnnealingLR`` over the run); ``plateau`` (``ReduceLROnPlateau`` on ``monitor``,
+    stepped per epoch by default). ``options`` go to the torch scheduler (checked against its signature).
+    """
+
+    name: Literal["constant", "onecycle", "cosine", "plateau"] = "constant"
+    interval: Literal["step", "epoch"] | None = None
+    monitor: str = "val/loss"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        import inspect
+
+        import torch.optim.lr_scheduler as schedulers
+
+        cls_name, fixed = _SCHEDULERS[self.name]
+        if cls_name is None:
+            if self.options:
+                raise ConfigError(f"options: the constant schedule takes no options, got {sorted(self.options)}")
+            return
+        allowed = [p for p in inspect.signature(getattr(schedulers, cls_name)).parameters if p not in fixed]
+        unknown = sorted(set(self.options) - set(allowed))
+        if unknown:
+            raise ConfigError(f"options.{unknown[0]}: unknown option of torch's {cls_name} ({self.name}); it accepts: "
+                              f"{', '.join(allowed)}")
+        _check_finite("options", self.options)
+        _check_monitor("monitor", self.monitor)
+
+
+def _check_monitor(key: str, monitor: str) -> None:
+    if not isinstance(monitor, str) or not monitor.startswith(("train/", "val/")) or monitor.count("/") != 1:
+        raise ConfigError(f"{key}: expected 'val/<term>' or 'train/<term>' (e.g. val/loss), got {monitor!r}")
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser (Adam or AdamW), weight decay, gradient clipping and the LR schedule."""
+
+    name: Literal["adam", "adamw"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: float | None = None
+    grad_clip_algorithm: Literal["norm", "value"] = "norm"
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"lr: must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay: must be >= 0, got {self.weight_decay}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"betas: expected two numbers in [0, 1), got {self.betas}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"grad_clip: must be > 0 (or null), got {self.grad_clip}")
+
+
+# Lightning 2's names (its AcceleratorRegistry, StrategyRegistry and precision strings), listed here so a config is
+# checked without importing Lightning.
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+STRATEGIES = (
+    "auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_find_unused_parameters_false",
+    "ddp_find_unused_parameters_true", "ddp_spawn_find_unused_parameters_false", "ddp_spawn_find_unused_parameters_true",
+    "ddp_fork_find_unused_parameters_false", "ddp_fork_find_unused_parameters_true", "deepspeed", "deepspeed_stage_1",
+    "deepspeed_stage_2", "deepspeed_stage_2_offload", "deepspeed_stage_3", "deepspeed_stage_3_offload", "fsdp",
+    "fsdp_cpu_offload", "single_device",
+)
+PRECISIONS = ("32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
+
+
+def parse_duration(value: float | str | None, key: str = "duration") -> float | None:
+    """Seconds from a number of seconds or ``"[D:]HH:MM:SS"`` (``None`` stays ``None``).
+
+    Example:
+        >>> parse_duration("05:00:00"), parse_duration("1:00:00:30"), parse_duration(90)
+        (18000.0, 86430.0, 90.0)
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = value.strip().split(":")
+        try:
+            numbers = [float(p) for p in parts]
+        except ValueError:
+            numbers = []
+        if len(parts) not in (3, 4) or len(numbers) != len(parts) or any(n < 0 for n in numbers):
+            raise ConfigError(f"{key}: expected seconds or 'HH:MM:SS' / 'D:HH:MM:SS', got {value!r}")
+        seconds = sum(n * f for n, f in zip(reversed(numbers), (1, 60, 3600, 86400)))
+    else:
+        seconds = float(value)
+    if not seconds > 0:
+        raise ConfigError(f"{key}: must be > 0, got {value!r}")
+    return seconds
+
+
+@dataclass
+class TrainConfig:
+    """Loop, devices, regularisation of the inputs, checkpoints, plots and post-fit samplers.
+
+    ``stop_after_steps`` ends this invocation after that many optimiser steps (counted from the start of
+    the run) with a resumable checkpoint, as if the job were killed; unlike ``max_steps`` it does not
+    change the LR or weight schedules. ``max_time`` is a wall-clock budget (seconds or ``"HH:MM:SS"``; FIF
+    table 2 trains 5 h per model): training stops when it is spent, and schedules (β, the learning rate) are
+    defined over the budget instead of the epochs. ``check_finite_every_n_steps`` is how often the host reads the
+    non-finite flag (``null``: every step on the CPU, where reading it costs nothing, and every 50 steps on an
+    accelerator, where every read is a synchronisation); the weights of a non-finite step never reach a checkpoint
+    either way.
+    """
+
+    seed: int = 0
+    max_epochs: int = 50
+    max_steps: int = -1
+    max_time: float | str | None = None
+    stop_after_steps: int | None = None
+    input_noise: float = 0.0
+    ema_decay: float | None = None
+    val_every_n_epochs: int = 1
+    checkpoint_every_n_steps: int | None = None
+    monitor: str = "val/loss"
+    monitor_mode: Literal["min", "max"] = "min"
+    plot_every_n_epochs: int | None = None
+    pictures: bool = True  # the end-of-run pictures (off for sweeps whose run folders are thrown away)
+    log_every_n_steps: int = 10
+    check_finite_every_n_steps: int | None = None
+    compile: bool = False
+    accelerator: str = "auto"
+    devices: int | str = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    deterministic: bool = False
+    progress_bar: bool = True
+    num_threads: int | None = None
+    samplers: list[str] = field(default_factory=lambda: ["gaussian", "gmm"])
+    gmm_components: int = 10
+
+    def __post_init__(self) -> None:
+        from .distributions import SAMPLERS
+
+        _check_seed("seed", self.seed)
+        if self.max_epochs < 1:
+            raise ConfigError(f"max_epochs: must be >= 1, got {self.max_epochs}")
+        if self.max_steps != -1 and self.max_steps < 1:
+            raise ConfigError(f"max_steps: must be >= 1 or -1 (no limit), got {self.max_steps}")
+        self.max_time = parse_duration(self.max_time, "max_time")
+        if self.stop_after_steps is not None and self.stop_after_steps < 1:
+            raise ConfigError(f"stop_after_steps: must be >= 1 (or null), got {self.stop_after_steps}")
+        if self.input_noise < 0:
+            raise ConfigError(f"input_noise: must be >= 0, got {self.input_noise}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"ema_decay: must be in (0, 1) (or null), got {self.ema_decay}")
+        for key in ("val_every_n_epochs", "log_every_n_steps", "num_nodes", "gmm_components"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        for key in ("checkpoint_every_n_steps", "plot_every_n_epochs", "num_threads", "check_finite_every_n_steps"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"{key}: must be >= 1 (or null), got {getattr(self, key)}")
+        _check_monitor("monitor", self.monitor)
+        for key, allowed in (("accelerator", ACCELERATORS), ("strategy", STRATEGIES), ("precision", PRECISIONS)):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        devices = self.devices
+        if isinstance(devices, int):
+            if devices < 1 and devices != -1:
+                raise ConfigError(f"devices: expected a number >= 1, -1 (all), 'auto' or '0,1', got {devices}")
+        elif devices != "auto" and not all(part.strip().isdigit() for part in devices.split(",")):
+            raise ConfigError(f"devices: expected a number >= 1, -1 (all), 'auto' or a list like '0,1', got {devices!r}")
+        bad = [s for s in self.samplers if s not in SAMPLERS]
+        if bad:
+            raise ConfigError(f"samplers: unknown post-fit sampler(s) {bad}; choose from: {', '.join(SAMPLERS.names())}")
+
+
+@dataclass
+class RunConfig:
+    """Where artefacts go: ``dir`` if given, else ``<root>/<name>-<timestamp>``."""
+
+    dir: str | None = None
+    root: str = "runs"
+    name: str = "run"
+
+
+@dataclass
+class Config:
+    """A whole run. ``method`` is the validated method object's options with its ``name``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "fif"})
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def build_method(self):
+        """The :class:`injflow.methods.Method` this config describes."""
+        from .methods import build_method
+
+        options = dict(self.method)
+        return build_method(options.pop("name"), **options)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is not None:
+        return getattr(origin, "__name__", str(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Checks ``value`` against the annotation ``tp`` (int → float allowed); nested dataclasses recurse."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if any(value == a and type(value) is type(a) for a in typing.get_args(tp)):
+            return value
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _convert(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _from_dict(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        number = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):  # PyYAML reads "1e-3" (no dot) as a string
+            try:
+                number = float(value)
+            except ValueError:
+                pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+            return number
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif origin is dict or tp is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif origin in (list, tuple) or tp in (list, tuple):
+        if isinstance(value, (list, tuple)):
+            args = typing.get_args(tp)
+            item = args[0] if args else Any
+            return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    else:  # pragma: no cover - annotation kinds not used in the schema
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Builds dataclass ``cls`` from ``data``: unknown keys, wrong types and ``__post_init__`` errors name the key."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    dot = f"{prefix}." if prefix else ""
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{dot}{unknown[0]}: unknown config key" + (f" in section '{prefix}'" if prefix else "")
+            + f"; known keys: {', '.join(sorted(fields))}"
+        )
+    kwargs = {k: _convert(v, hints[k], f"{dot}{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{dot}{e}") from None
+    except ValueError as e:  # methods raise "field: message"
+        raise ConfigError(f"{dot}{e}") from None
+
+
+def _method_from_dict(data: Any) -> dict[str, Any]:
+    from .methods import METHODS, method_class
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"method: expected a mapping with a 'name', got {data!r}")
+    options = dict(data)
+    name = options.pop("name", "fif")
+    if name not in METHODS:
+        raise ConfigError(f"method.name: unknown method {name!r}; choose from {sorted(METHODS)}")
+    method = _from_dict(method_class(name), options, "method")
+    return {"name": name, **method.options()}
+
+
+def config_from_dict(data: dict[str, Any] | None) -> Config:
+    """Validates a nested dict (e.g. parsed YAML) into a :class:`Config`; missing keys take defaults.
+
+    Example:
+        >>> config_from_dict({"method": {"name": "fif", "beta": -1}})
+        Traceback (most recent call last):
+        ...
+        injflow.errors.ConfigError: method.beta: the reconstruction weight must be >= 0, got a minimum of -1.0
+    """
+    data = dict(data or {})
+    method = _method_from_dict(data.pop("method", {"name": "fif"}))
+    config = _from_dict(Config, data)
+    config.method = method
+    return config
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """The config as plain nested dicts (YAML-serialisable)."""
+    return dataclasses.asdict(config)
+
+
+# --------------------------------------------------------------------------- YAML and overrides
+
+
+def default_config_path() -> Path:
+    """Path of the embedded default config (FIF on the noisy sinusoid), shipped inside the package."""
+    from importlib.resources import files
+
+    return Path(str(files("injflow") / "configs" / "default.yaml"))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Applies dotted ``key=value`` overrides; values are parsed as YAML (``1e-3``, ``null``, ``[1, 2]``).
+
+    Example:
+        >>> apply_overrides({"train": {"max_epochs": 5}}, ["train.max_epochs=2", "method.beta=20"])
+        {'train': {'max_epochs': 2}, 'method': {'beta': 20}}
+    """
+    import yaml
+
+    data = _deep_copy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.max_epochs=10")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override {item!r}: empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{key}: cannot parse value {raw!r}: {e}") from None
+        node = data
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(parts[: i + 1])}: is a value, not a section; cannot set {key}")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _deep_copy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deep_copy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deep_copy(v) for v in d]
+    return d
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Loads a YAML config (default: the embedded default config), applies overrides and validates it.
+
+    Arguments:
+        path: A YAML file; ``None`` for :func:`default_config_path`.
+        overrides: Dotted ``key=value`` strings.
+
+    Returns:
+        The validated :class:`Config`.
+
+    Example:
+        >>> cfg = load_config(None, ["train.max_epochs=2"])
+        >>> cfg.train.max_epochs
+        2
+    """
+    import yaml
+
+    path = Path(path) if path is not None else default_config_path()
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return config_from_dict(apply_overrides(data, overrides))
+
+
+def as_config(config: Config | dict[str, Any] | str | Path | None) -> Config:
+    """A :class:`Config` from a config, a plain dict, a YAML path, or ``None`` (the embedded default)."""
+    if isinstance(config, Config):
+        return config
+    if config is None or isinstance(config, (str, Path)):
+        return load_config(config)
+    if isinstance(config, dict):
+        return config_from_dict(config)
+    raise TypeError(f"config must be a Config, dict or YAML path, got {type(config).__name__}")
+
+
+def check_dimensions(config: Config, data_shape: tuple[int, ...], method: Any | None = None) -> None:
+    """Rejects impossible sizes once the data shape is known: d ≥ D, or K larger than the trace space."""
+    import math
+
+    data_dim = math.prod(data_shape)
+    d = config.model.latent_dim
+    if d >= data_dim:
+        raise ConfigError(
+            f"model.latent_dim: an injective flow needs d < D, got d={d} for data of shape {tuple(data_shape)} (D={data_dim})"
+        )
+    method = method if method is not None else config.build_method()
+    try:
+        method.check(latent_dim=d, data_dim=data_dim)
+    except ValueError as e:
+        raise ConfigError(f"method.{e}") from None

@@ -1,0 +1,596 @@
+r"""The trained model: encoder :math:`f`, decoder :math:`g`, latent prior :math:`p_Z` and post-fit samplers.
+
+:class:`InjectiveFlow` is what the engine trains and what a user holds afterwards. It answers
+``encode``, ``decode``, ``sample(n, sampler=...)`` and ``log_prob(x)``, the exact on-manifold
+log-density of the projection :math:`\hat x = g(f(x))`,
+
+.. math:: \log p(\hat x) = \log p_Z(f(x)) - \tfrac12 \log\det\big(g'(z)^\top g'(z)\big)\Big|_{z = f(x)},
+
+always reported with the reconstruction error :math:`\|\hat x - x\|^2` (FIF eq. 3 with the exact
+log-determinant). It describes itself — data shape, data kind (``toy``/``tabular``/``image``), the image shape
+of flat image data, the number of classes of a conditional model, and the config that built it — and is saved
+to (and loaded from) a file that holds tensors and plain data only.
+
+A *conditional* model (``num_classes`` set) has nets ``encoder(x, c)`` and ``decoder(z, c)`` for integer class
+labels ``c`` of shape ``(B,)``; every map then takes ``c`` (FIF figs. 6, 8, 9 use conditional MNIST).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .distributions import LatentDistribution, StandardNormal, build_latent, distribution_from_spec, fit_sampler
+from .errors import CheckpointError
+from .io import atomic_torch_save, load_torch
+from .nets.normalization import use_composite_batchnorm
+
+__all__ = ["InjectiveFlow", "DATA_KINDS", "atomic_torch_save"]
+
+FORMAT = "injflow-model"
+FORMAT_VERSION = 2
+CHECKPOINT_FORMAT = "injflow-checkpoint"
+#: What the data are; decides the pictures and the sample-quality metric (FID for images, W2 otherwise).
+DATA_KINDS = ("toy", "tabular", "image")
+#: Post-fit samplers are fitted on at most this many training points (a fixed prefix, so every caller agrees).
+MAX_SAMPLER_POINTS = 50_000
+
+
+def _batched(fn, x: Tensor, batch_size: int | None, c: Tensor | None = None):
+    if batch_size is None or x.shape[0] <= batch_size:
+        return fn(x) if c is None else fn(x, c)
+    outs = [fn(x[i : i + batch_size]) if c is None else fn(x[i : i + batch_size], c[i : i + batch_size])
+            for i in range(0, x.shape[0], batch_size)]
+    if isinstance(outs[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*outs))
+    return torch.cat(outs)
+
+
+class InjectiveFlow(nn.Module):
+    r"""An injective flow :math:`x \mapsto z = f(x) \in \mathbb R^d`, :math:`z \mapsto \hat x = g(z) \in \mathbb R^D`.
+
+    Arguments:
+        encoder: Maps ``(B, *data_shape)`` to ``(B, d)`` (``encoder(x, c)`` for a conditional model).
+        decoder: Maps ``(B, d)`` to ``(B, *data_shape)`` (``decoder(z, c)`` for a conditional model).
+        latent: The prior :math:`p_Z`; default: standard normal of dimension ``latent_dim``.
+        latent_dim: The latent dimension d (needed when ``latent`` is not given).
+        data_shape: The shape of one sample (needed to save and rebuild from a config).
+        config: The run config as a plain dict (saved with the model; rebuilds the nets on load).
+        data_kind: ``"toy"``, ``"tabular"`` or ``"image"`` (default: ``"image"`` for ``(C, H, W)`` data, else
+            ``"tabular"``).
+        image_shape: ``(C, H, W)`` of one sample of image data stored flat (e.g. ``(1, 8, 8)`` for 64 features).
+        num_classes: Number of class labels of a conditional model (``None``: unconditional).
+
+    Fused ``torch.nn.BatchNorm{1,2,3}d`` layers inside ``encoder``/``decoder`` are swapped in place for
+    :mod:`injflow.nets.normalization`'s composite twins (same parameters and ``state_dict``).
+
+    Example:
+        >>> f, g = nn.Linear(2, 1), nn.Linear(1, 2)
+        >>> flow = InjectiveFlow(f, g, latent_dim=1, data_shape=(2,))
+        >>> flow.sample(3).shape
+        torch.Size([3, 2])
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        latent: LatentDistribution | None = None,
+        *,
+        latent_dim: int | None = None,
+        data_shape: tuple[int, ...] | None = None,
+        config: dict[str, Any] | None = None,
+        data_kind: str | None = None,
+        image_shape: tuple[int, ...] | None = None,
+        num_classes: int | None = None,
+    ):
+        super().__init__()
+        if latent is None:
+            if latent_dim is None:
+                raise ValueError("give either a latent distribution or latent_dim")
+            latent = StandardNormal(latent_dim)
+        if latent_dim is not None and latent.dim != latent_dim:
+            raise ValueError(f"latent_dim={latent_dim} does not match the latent distribution's dim={latent.dim}")
+        # Fused torch BatchNorm gives wrong gradients through JVP tangents and double VJPs in training
+        # mode (see injflow.nets.normalization); the composite twin keeps every estimator path exact.
+        self.encoder = use_composite_batchnorm(encoder)
+        self.decoder = use_composite_batchnorm(decoder)
+        self.latent = latent
+        self.samplers = nn.ModuleDict()
+        self.config = config
+        self.data_shape: tuple[int, ...] | None = None
+        self.data_kind: str | None = None
+        self.image_shape: tuple[int, ...] | None = None
+        self.num_classes = None if num_classes is None else int(num_classes)
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 for a conditional model, got {num_classes}")
+        self.describe_data(data_shape, data_kind=data_kind, image_shape=image_shape)
+
+    def describe_data(
+        self, data_shape: tuple[int, ...] | None, *, data_kind: str | None = None, image_shape: tuple[int, ...] | None = None
+    ) -> "InjectiveFlow":
+        """Sets what one sample looks like (shape, kind, image shape of flat image data); checks they agree."""
+        if data_shape is None:
+            if data_kind is not None or image_shape is not None:
+                raise ValueError("data_kind and image_shape need a data_shape")
+            return self
+        data_shape = tuple(int(s) for s in data_shape)
+        if data_kind is None:
+            data_kind = "image" if len(data_shape) == 3 else "tabular"
+        if data_kind not in DATA_KINDS:
+            raise ValueError(f"data_kind must be one of {', '.join(DATA_KINDS)}, got {data_kind!r}")
+        if image_shape is None and data_kind == "image" and len(data_shape) == 3:
+            image_shape = data_shape
+        if image_shape is not None:
+            image_shape = tuple(int(s) for s in image_shape)
+            if len(image_shape) != 3 or math.prod(image_shape) != math.prod(data_shape):
+                raise ValueError(f"image_shape {image_shape} must be (C, H, W) with as many values as data_shape {data_shape}")
+            if data_kind != "image":
+                raise ValueError(f"image_shape is given but data_kind is {data_kind!r}, not 'image'")
+        self.data_shape, self.data_kind, self.image_shape = data_shape, data_kind, image_shape
+        return self
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Any,
+        *,
+        data_shape: tuple[int, ...] | None = None,
+        data_kind: str | None = None,
+        image_shape: tuple[int, ...] | None = None,
+        num_classes: int | None = None,
+    ) -> "InjectiveFlow":
+        """Builds the nets and latent a config describes (a :class:`~injflow.config.Config`, dict or YAML path).
+
+        Arguments:
+            config: The config.
+            data_shape, data_kind, image_shape, num_classes: What the data look like; default: loads the config's
+                data set to find out.
+
+        Example:
+            >>> flow = InjectiveFlow.from_config("configs/default.yaml", data_shape=(2,), data_kind="toy")
+            >>> flow.latent_dim, flow.data_kind
+            (1, 'toy')
+        """
+        from .config import as_config, config_to_dict
+        from .nets import build_autoencoder
+        from .nets.conditional import build_conditional_autoencoder
+
+        config = as_config(config)
+        if data_shape is None:
+            from .data import load_dataset
+
+            dc = config.data
+            splits = load_dataset(dc.name, seed=dc.seed, root=dc.root, download=dc.download, **dc.options)
+            data_shape, data_kind, image_shape = splits.data_shape, splits.kind, splits.image_shape
+            num_classes = splits.num_classes if config.model.conditional else None
+        m = config.model
+        if m.conditional:
+            if num_classes is None:
+                raise ValueError("model.conditional is true, so the number of classes is needed (the data set's labels)")
+            encoder, decoder = build_conditional_autoencoder(
+                m.architecture, data_shape=tuple(data_shape), latent_dim=m.latent_dim, num_classes=num_classes, **m.options
+            )
+        else:
+            num_classes = None
+            encoder, decoder = build_autoencoder(m.architecture, data_shape=tuple(data_shape), latent_dim=m.latent_dim,
+                                                 **m.options)
+        latent = build_latent(m.latent.name, m.latent_dim, **m.latent.options)
+        flow = cls(encoder, decoder, latent, data_shape=tuple(data_shape), config=config_to_dict(config),
+                   data_kind=data_kind, image_shape=image_shape, num_classes=num_classes)
+        config.build_method().prepare(flow)  # the nets as the config's method trains them (e.g. ae_sn, vae)
+        return flow
+
+    @property
+    def latent_dim(self) -> int:
+        return self.latent.dim
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the nets take a class label."""
+        return self.num_classes is not None
+
+    # ------------------------------------------------------------------ maps
+
+    def _labels(self, c: Tensor | int | None, n: int, device: torch.device | None = None) -> Tensor | None:
+        if not self.conditional:
+            if c is not None:
+                raise ValueError("this model is not conditional: do not pass class labels (c=)")
+            return None
+        if c is None:
+            raise ValueError(f"this model is conditional on a class label: pass c= (integers 0..{self.num_classes - 1})")
+        c = torch.as_tensor(c, device=device)
+        if c.ndim == 0:
+            c = c.expand(n)
+        if c.shape != (n,) or c.dtype.is_floating_point or c.dtype == torch.bool:
+            raise ValueError(f"class labels must be integers of shape ({n},), got dtype {c.dtype} shape {tuple(c.shape)}")
+        if n and (int(c.min()) < 0 or int(c.max()) >= self.num_classes):
+            raise ValueError(f"class labels must lie in 0..{self.num_classes - 1}, got {int(c.min())}..{int(c.max())}")
+        return c.long()
+
+    def encode(self, x: Tensor, c: Tensor | int | None = None) -> Tensor:
+        """:math:`z = f(x)` (or :math:`f(x, c)`), shape ``(B, d)``."""
+        c = self._labels(c, x.shape[0], x.device)
+        return self.encoder(x) if c is None else self.encoder(x, c)
+
+    def decode(self, z: Tensor, c: Tensor | int | None = None) -> Tensor:
+        r""":math:`\hat x = g(z)` (or :math:`g(z, c)`), shape ``(B, *data_shape)``."""
+        c = self._labels(c, z.shape[0], z.device)
+        return self.decoder(z) if c is None else self.decoder(z, c)
+
+    def forward(self, x: Tensor, c: Tensor | int | None = None) -> Tensor:
+        """The projection onto the learned manifold, :math:`g(f(x))`."""
+        return self.decode(self.encode(x, c), c)
+
+    def with_label(self, k: int) -> Any:
+        """A view with ``encode(x)``, ``decode(z)`` for one class ``k``, whatever the batch size (exact Jacobians)."""
+        return _Label(self, int(k))
+
+    def given(self, c: Tensor | None) -> Any:
+        """A view with ``encode(x)``, ``decode(z)`` and ``latent`` for one batch of labels (or the model itself).
+
+        Methods and estimators take plain maps; a conditional model is trained through this view of each batch.
+        """
+        return self if c is None else _Given(self, c)
+
+    def _device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    # ------------------------------------------------------------------ sampling
+
+    def sampler(self, name: str = "prior") -> LatentDistribution:
+        """The latent distribution called ``name``: ``prior`` or a fitted post-fit sampler (``gaussian``, ``gmm``)."""
+        if name == "prior":
+            return self.latent
+        if name not in self.samplers:
+            raise ValueError(
+                f"sampler {name!r} is not fitted; fitted: {['prior', *self.samplers]}. Call fit_samplers(train_data) first."
+            )
+        return self.samplers[name]
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        *,
+        sampler: str = "prior",
+        temperature: float = 1.0,
+        seed: int | None = None,
+        batch_size: int = 4096,
+        c: Tensor | int | None = None,
+    ) -> Tensor:
+        """Draws ``n`` samples :math:`g(z)`, :math:`z \\sim` the chosen latent sampler at a temperature.
+
+        Arguments:
+            n: Number of samples.
+            sampler: ``prior`` (the training latent), ``gaussian`` or ``gmm`` (post-fit).
+            temperature: Scales the latent spread (1 = the distribution itself).
+            seed: Seed for reproducible draws (the noise is drawn on the CPU, so a seed gives the same samples on
+                every device).
+            batch_size: Decoder batch size.
+            c: Class label(s) of a conditional model: one integer for all samples, or ``(n,)`` labels.
+
+        Returns:
+            Samples of shape ``(n, *data_shape)``, on the model's device.
+        """
+        dist = self.sampler(sampler)
+        device = self._device()
+        labels = self._labels(c, n, device)
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        was_training = self.training
+        self.eval()
+        try:
+            z = dist.sample(n, temperature=temperature, generator=gen).to(device)
+            return _batched(self.decode, z, batch_size, labels)
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def encode_all(self, x: Tensor, *, batch_size: int = 4096, c: Tensor | None = None) -> Tensor:
+        """Encodes a whole split in eval mode, batched, without gradients (on the model's device)."""
+        device = self._device()
+        labels = self._labels(c, x.shape[0])
+        was_training = self.training
+        self.eval()
+        try:
+            if labels is None:
+                return _batched(lambda b: self.encode(b.to(device)), x, batch_size)
+            return _batched(lambda b, cb: self.encode(b.to(device), cb.to(device)), x, batch_size, labels)
+        finally:
+            self.train(was_training)
+
+    def fit_samplers(
+        self,
+        x: Tensor,
+        *,
+        names: tuple[str, ...] | list[str] = ("gaussian", "gmm"),
+        n_components: int = 10,
+        seed: int = 0,
+        c: Tensor | None = None,
+        max_points: int | None = MAX_SAMPLER_POINTS,
+    ) -> "InjectiveFlow":
+        """Fits post-fit latent samplers on the encoded training data (Kumar et al. 2020, §2.2.1).
+
+        Every caller (``fit``, ``evaluate``, ``sample``) goes through here, so a run's samplers are the same
+        whichever command fitted them.
+
+        Arguments:
+            x: Training data.
+            names: Which samplers: ``gaussian`` (full covariance) and/or ``gmm`` (full covariances).
+            n_components: GMM components.
+            seed: GMM initialisation seed.
+            c: Class labels of ``x`` for a conditional model (one sampler over all classes' codes).
+            max_points: Fit on the first this many points (``None``: all).
+
+        Returns:
+            ``self``, with ``samplers[name]`` set.
+        """
+        if max_points is not None:
+            x = x[:max_points]
+            c = None if c is None else c[:max_points]
+        z = self.encode_all(x, c=c).float()
+        for name in names:
+            options = {"n_components": n_components, "seed": seed} if name == "gmm" else {}
+            self.samplers[name] = fit_sampler(name, z.cpu(), **options).to(self._device())
+        return self
+
+    # ------------------------------------------------------------------ likelihood
+
+    def log_prob(
+        self,
+        x: Tensor,
+        *,
+        return_reconstruction: bool = False,
+        batch_size: int | None = 512,
+        chunk_size: int | None = None,
+        c: Tensor | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        r"""Exact on-manifold log-density of the projection :math:`\hat x = g(f(x))`.
+
+        .. math:: \log p(\hat x) = \log p_Z(z) - \tfrac12\log\det(g'(z)^\top g'(z)),\quad z = f(x)
+
+        The value is the density *on the manifold*; it is meaningful only together with the reconstruction
+        error :math:`\|\hat x - x\|^2`, which ``return_reconstruction=True`` also returns. Costs d decoder JVPs
+        per sample (the full decoder Jacobian), so it is meant for small d.
+
+        Arguments:
+            x: Data ``(B, *data_shape)``.
+            return_reconstruction: Also return the per-sample squared reconstruction error.
+            batch_size: Rows per chunk.
+            chunk_size: Jacobian columns per pass (bounds memory), passed to the estimator.
+            c: Class labels for a conditional model.
+
+        Returns:
+            ``log_prob`` of shape ``(B,)`` (and ``reconstruction`` of shape ``(B,)``), detached, on the model's
+            device.
+        """
+        from .estimators import decoder_log_volume
+
+        device = self._device()
+        labels = self._labels(c, x.shape[0])
+
+        def one(xb: Tensor, view: Any) -> tuple[Tensor, Tensor]:
+            xb = xb.to(device)
+            with torch.no_grad():
+                z = view.encode(xb)
+                x_hat = view.decode(z)
+            with torch.enable_grad():
+                log_vol = decoder_log_volume(view.decode, z.detach(), chunk_size=chunk_size)
+            lp = self.latent.log_prob(z) - log_vol.detach().to(z.dtype)
+            return lp.detach(), (x_hat - xb).flatten(1).pow(2).sum(1)
+
+        was_training = self.training
+        self.eval()
+        try:
+            if labels is None:
+                lp, rec = _batched(lambda xb: one(xb, self), x, batch_size)
+            else:  # one class at a time: a constant label fits any batch the Jacobian code forms
+                lp = torch.empty(x.shape[0], device=device)
+                rec = torch.empty(x.shape[0], device=device)
+                for k in labels.unique().tolist():
+                    rows = (labels == k).nonzero().flatten()
+                    lp[rows.to(device)], rec[rows.to(device)] = _batched(lambda xb: one(xb, self.with_label(k)), x[rows],
+                                                                         batch_size)
+        finally:
+            self.train(was_training)
+        return (lp, rec) if return_reconstruction else lp
+
+    # ------------------------------------------------------------------ persistence
+
+    def describe(self) -> dict[str, Any]:
+        """What rebuilds this model: config, data shape/kind, image shape, classes (plain data, saved with it)."""
+        return {
+            "config": self.config,
+            "data_shape": None if self.data_shape is None else list(self.data_shape),
+            "data_kind": self.data_kind,
+            "image_shape": None if self.image_shape is None else list(self.image_shape),
+            "num_classes": self.num_classes,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Saves weights, latent, post-fit samplers and :meth:`describe` to one file (atomically; tensors and plain
+        data only, so loading it never runs code).
+
+        Example:
+            >>> flow.save("run/model.pt"); flow2 = InjectiveFlow.load("run/model.pt")  # doctest: +SKIP
+        """
+        nets = {k: v for k, v in self.state_dict().items() if k.startswith(("encoder.", "decoder."))}
+        blob = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            **self.describe(),
+            "latent": self.latent.spec(),
+            "latent_state": self.latent.state_dict(),
+            "samplers": {k: v.spec() for k, v in self.samplers.items()},
+            "nets": nets,
+        }
+        return atomic_torch_save(blob, path)
+
+    @classmethod
+    def _rebuild(cls, info: dict[str, Any], source: Path, encoder: nn.Module | None, decoder: nn.Module | None,
+                 latent: LatentDistribution | None = None) -> "InjectiveFlow":
+        """A model with the architecture ``info`` describes (from its config, or the given custom modules)."""
+        shape = info.get("data_shape")
+        options = dict(data_shape=None if shape is None else tuple(shape), data_kind=info.get("data_kind"),
+                       image_shape=None if info.get("image_shape") is None else tuple(info["image_shape"]),
+                       num_classes=info.get("num_classes"))
+        if encoder is None or decoder is None:
+            if not info.get("config") or info.get("custom_nets"):
+                raise CheckpointError(f"{source} was saved from custom modules: pass encoder= and decoder= to load it")
+            if shape is None:
+                raise CheckpointError(f"{source} does not record the data shape; load it through its run folder")
+            try:
+                built = cls.from_config(info["config"], **options)
+            except (ValueError, TypeError) as e:
+                raise CheckpointError(f"{source}: its saved config does not build a model ({e})") from None
+            if latent is None:
+                return built
+            encoder, decoder = built.encoder, built.decoder
+        flow = cls(encoder, decoder, latent, latent_dim=None if latent is not None else _latent_dim(info),
+                   config=info.get("config"), **options)
+        if info.get("config"):  # the nets as the saved method trained them (idempotent for rebuilt nets)
+            from .config import config_from_dict
+
+            config_from_dict(info["config"]).build_method().prepare(flow)
+        return flow
+
+    def load_nets(self, state: dict[str, Tensor], *, source: str | Path, prefix: str = "") -> "InjectiveFlow":
+        """Loads encoder/decoder(/latent) weights from ``state`` (keys under ``prefix``); a mismatch names ``source``.
+
+        Post-fit sampler entries are ignored (they are fitted after training and saved in ``model.pt``).
+        """
+        state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        state = {k: v for k, v in state.items() if not k.startswith("samplers.")}
+        try:
+            result = self.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # size mismatch: another architecture or another data shape
+            first = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e)
+            raise CheckpointError(
+                f"{source} does not fit this model ({first.strip()[:200]}): it was trained with another architecture, "
+                f"latent dimension or data shape"
+            ) from None
+        missing = [k for k in result.missing_keys if k.startswith(("encoder.", "decoder."))]
+        if missing or result.unexpected_keys:
+            raise CheckpointError(
+                f"{source} does not match the model (missing: {missing[:4]}, unexpected: {list(result.unexpected_keys)[:4]}): "
+                f"it was trained with another architecture or config"
+            )
+        return self
+
+    @classmethod
+    def load(
+        cls, path: str | Path, *, encoder: nn.Module | None = None, decoder: nn.Module | None = None, map_location: Any = "cpu"
+    ) -> "InjectiveFlow":
+        """Loads a model saved by :meth:`save`. Nets are rebuilt from the saved config unless given.
+
+        Arguments:
+            path: The file.
+            encoder, decoder: Your own modules (same architecture as when saved) for models not built from a config.
+            map_location: Passed to ``torch.load``.
+
+        Raises:
+            CheckpointError: the file is not an injflow model, is corrupt, or does not fit the given modules.
+            UnsafeFileError: the file would run code when unpickled (never loaded).
+        """
+        path = Path(path)
+        blob = load_torch(path, what="model file", map_location=map_location)
+        if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+            raise CheckpointError(f"{path} is not an injflow model file (use a run's model.pt, or load a checkpoint "
+                                  f"with InjectiveFlow.load_from_checkpoint)")
+        try:
+            latent = distribution_from_spec(blob["latent"])
+            latent.load_state_dict(blob["latent_state"])
+            samplers = {name: distribution_from_spec(spec) for name, spec in blob.get("samplers", {}).items()}
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{path}: its latent or sampler entries are damaged ({e})") from None
+        info = dict(blob)
+        info["custom_nets"] = not blob.get("config")
+        flow = cls._rebuild(info, path, encoder, decoder, latent)
+        flow.load_nets(blob["nets"], source=path)
+        for name, sampler in samplers.items():
+            flow.samplers[name] = sampler
+        return flow
+
+    @classmethod
+    def load_from_checkpoint(
+        cls, path: str | Path, *, encoder: nn.Module | None = None, decoder: nn.Module | None = None, map_location: Any = "cpu"
+    ) -> "InjectiveFlow":
+        """The model inside a training checkpoint (``last.ckpt``/``best.ckpt``); needs nothing else.
+
+        Checkpoints carry the config, data shape and kind (see :meth:`describe`); post-fit samplers are not in
+        checkpoints (they are fitted after training, see :meth:`fit_samplers`).
+        """
+        path = Path(path)
+        blob = load_torch(path, what="checkpoint", map_location=map_location)
+        info = blob.get("injflow") if isinstance(blob, dict) else None
+        if not isinstance(blob, dict) or "state_dict" not in blob:
+            raise CheckpointError(f"{path} is not a training checkpoint (no state_dict)")
+        if not isinstance(info, dict) or info.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{path} was written by an older injflow and does not describe its model: load it "
+                                  f"through its run folder (injflow.api.load(RUN, checkpoint='last'))")
+        flow = cls._rebuild(info, path, encoder, decoder)
+        return flow.load_nets(blob["state_dict"], source=path, prefix="flow.")
+
+    def extra_repr(self) -> str:
+        shape = "?" if self.data_shape is None else "x".join(map(str, self.data_shape))
+        extra = f", num_classes={self.num_classes}" if self.conditional else ""
+        return f"data_shape={shape}, latent_dim={self.latent_dim}, kind={self.data_kind}{extra}"
+
+
+def _latent_dim(info: dict[str, Any]) -> int | None:
+    config = info.get("config") or {}
+    return (config.get("model") or {}).get("latent_dim")
+
+
+class _Label:
+    """A conditional model with one class for every row, whatever the batch (for Jacobian code that reshapes)."""
+
+    def __init__(self, flow: InjectiveFlow, k: int):
+        self.flow, self.k = flow, k
+        self.latent = flow.latent
+
+    def _c(self, t: Tensor) -> Tensor:
+        return torch.full((t.shape[0],), self.k, dtype=torch.long, device=t.device)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.flow.encoder(x, self._c(x))
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.flow.decoder(z, self._c(z))
+
+
+class _Given:
+    """A conditional model with its labels fixed for one batch: what methods and estimators see.
+
+    Estimators that form bigger batches (a chunk of Jacobian directions, K Hutchinson vectors) stack copies of the
+    whole batch, so a batch of m·B rows gets the labels repeated m times.
+    """
+
+    def __init__(self, flow: InjectiveFlow, c: Tensor):
+        self.flow, self.c = flow, c
+        self.latent = flow.latent
+
+    def _c(self, t: Tensor) -> Tensor:
+        n, b = t.shape[0], self.c.shape[0]
+        if n == b:
+            return self.c
+        if n % b:
+            raise ValueError(f"a batch of {n} rows does not fit the {b} labels of this batch")
+        return self.c.repeat(n // b)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.flow.encoder(x, self._c(x))
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.flow.decoder(z, self._c(z))
+
+    def __getattr__(self, name: str) -> Any:  # anything else (nets, samplers, latent_dim...) from the model
+        return getattr(self.flow, name)

@@ -1,0 +1,252 @@
+r"""The run folder: its layout, its status, its lock, and every write into it (atomic, via :mod:`injflow.io`).
+
+Layout (every path other code uses comes from a :class:`RunDir` attribute, never spelled out by hand)::
+
+    RUN/config.yaml              the resolved, validated config
+    RUN/status.json              running | completed | interrupted | failed, with the step, the reason and the process
+    RUN/.lock                    held (flock) by the process writing the folder; names that process
+    RUN/checkpoints/last.ckpt    latest resumable state (written atomically, never from non-finite weights)
+    RUN/checkpoints/best.ckpt    best by ``train.monitor``
+    RUN/metrics.csv              every logged term, train and validation (continued exactly on resume)
+    RUN/tensorboard/             TensorBoard event files
+    RUN/plots/                   end-of-run pictures
+    RUN/model.pt                 the trained model with its post-fit samplers (written last: a run is finished with it)
+    RUN/samples/, RUN/eval/, RUN/metrics.json, RUN/report.*     from ``injflow sample | evaluate | report``
+
+Example:
+    >>> import tempfile
+    >>> run = RunDir(tempfile.mkdtemp())
+    >>> run.last_checkpoint.relative_to(run.path).as_posix()
+    'checkpoints/last.ckpt'
+    >>> with run.lock("doc"):
+    ...     _ = run.write_status("running", step=0)
+    >>> run.status()["state"]
+    'running'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import RunFolderError, RunLockedError, UnfinishedRunError
+from .io import atomic_write_json, atomic_write_text, remove_stale_temp_files
+
+__all__ = ["RunDir", "RunLock", "STATES"]
+
+#: The states of ``status.json``.
+STATES = ("running", "completed", "interrupted", "failed")
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``RUN/.lock`` for as long as it is held; the file names the holder.
+
+    The kernel drops the lock when its process dies (even on ``kill -9``), so a lock is never stale.
+    """
+
+    def __init__(self, path: Path, purpose: str):
+        self.path, self.purpose = path, purpose
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunLockedError(
+                f"{self.path.parent} is in use by {self._holder()}; wait for it to finish, or use another run folder "
+                f"(run.dir=...)"
+            ) from None
+        except OSError:  # a file system without flock (some network mounts): no lock rather than no run
+            os.close(fd)
+            return self
+        self._fd = fd
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now(), "purpose": self.purpose,
+                  "command": " ".join(sys.argv)[:300]}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        return self
+
+    def _holder(self) -> str:
+        try:
+            info = json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            info = {}
+        if not info:
+            return "another process"
+        return (f"process {info.get('pid')} on {info.get('host')} ({info.get('purpose')}, since {info.get('since')}: "
+                f"{info.get('command', '')!s})")
+
+    def release(self) -> None:
+        if self._fd is not None:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire() if self._fd is None else self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class RunDir:
+    """A run folder (see the module docstring for the layout).
+
+    Arguments:
+        path: The folder (it need not exist yet).
+    """
+
+    CONFIG = "config.yaml"
+    STATUS = "status.json"
+    MODEL = "model.pt"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.config = self.path / self.CONFIG
+        self.status_file = self.path / self.STATUS
+        self.lock_file = self.path / ".lock"
+        self.checkpoints = self.path / "checkpoints"
+        self.last_checkpoint = self.checkpoints / "last.ckpt"
+        self.best_checkpoint = self.checkpoints / "best.ckpt"
+        self.metrics_csv = self.path / "metrics.csv"
+        self.tensorboard = self.path / "tensorboard"
+        self.plots = self.path / "plots"
+        self.model = self.path / self.MODEL
+        self.samples = self.path / "samples"
+        self.eval = self.path / "eval"
+        self.metrics_json = self.path / "metrics.json"
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # ------------------------------------------------------------------ what it is
+
+    def is_run(self) -> bool:
+        """Whether the folder holds a run written by ``injflow fit`` (it has ``config.yaml``)."""
+        return self.config.is_file()
+
+    def require_run(self) -> "RunDir":
+        """``self``, or :class:`~injflow.errors.RunFolderError` when the folder is not a run folder."""
+        if not self.path.is_dir():
+            raise RunFolderError(f"{self.path} does not exist: give a run folder written by `injflow fit`")
+        if not self.is_run():
+            raise RunFolderError(f"{self.path} is not a run folder (no {self.CONFIG}): give a folder written by `injflow fit`")
+        return self
+
+    def checkpoint(self, which: str) -> Path:
+        """``last`` or ``best`` → its path."""
+        if which not in ("last", "best"):
+            raise ValueError(f"checkpoint must be 'last' or 'best', got {which!r}")
+        return self.last_checkpoint if which == "last" else self.best_checkpoint
+
+    # ------------------------------------------------------------------ config
+
+    def write_config(self, config: Any) -> Path:
+        """Writes the resolved config (a :class:`~injflow.config.Config` or plain dict) as YAML."""
+        import yaml
+
+        from .config import Config, config_to_dict
+
+        data = config_to_dict(config) if isinstance(config, Config) else config
+        return atomic_write_text(self.config, yaml.safe_dump(data, sort_keys=False))
+
+    def read_config(self, overrides: list[str] | tuple[str, ...] = ()):
+        """The run's config with ``overrides`` applied (validated)."""
+        from .config import load_config
+
+        self.require_run()
+        return load_config(self.config, overrides)
+
+    # ------------------------------------------------------------------ status
+
+    def write_status(self, state: str, **fields: Any) -> Path:
+        """Records the run's state (one of :data:`STATES`) with ``fields`` (step, reason, ...) and the process."""
+        if state not in STATES:
+            raise ValueError(f"state must be one of {STATES}, got {state!r}")
+        fresh = state == "running" and not fields.get("resumed")
+        started = None if fresh or not self.status_file.is_file() else self.status().get("started")
+        status = {"state": state, **fields, "pid": os.getpid(), "host": socket.gethostname(),
+                  "started": started or _now(), "updated": _now()}
+        return atomic_write_json(self.status_file, status)
+
+    def status(self) -> dict[str, Any]:
+        """The recorded status; for folders from before ``status.json``: ``completed`` if ``model.pt`` exists.
+
+        A ``running`` run whose process is gone is reported as ``interrupted`` (reason: the process was killed).
+        """
+        if not self.status_file.is_file():
+            if self.model.is_file():
+                return {"state": "completed", "legacy": True}
+            return {"state": "interrupted" if self.last_checkpoint.is_file() else "failed", "legacy": True,
+                    "reason": "no status.json and no model.pt (written by an older injflow, or stopped early)"}
+        try:
+            status = json.loads(self.status_file.read_text())
+        except (OSError, ValueError):
+            return {"state": "failed", "reason": f"{self.status_file} is unreadable"}
+        if status.get("state") == "running" and not self._writer_alive(status):
+            status = {**status, "state": "interrupted", "reason": "the process running it was killed"}
+        return status
+
+    def _writer_alive(self, status: dict[str, Any]) -> bool:
+        if status.get("host") != socket.gethostname():
+            return True  # cannot tell for another machine
+        from .io import _alive
+
+        return _alive(int(status.get("pid", -1)))
+
+    def require_finished(self, *, allow: str | None = None) -> dict[str, Any]:
+        """The status of a completed run; :class:`~injflow.errors.UnfinishedRunError` otherwise.
+
+        Arguments:
+            allow: What the caller offers instead (e.g. ``"--checkpoint last"``), named in the message.
+        """
+        status = self.status()
+        if status["state"] == "completed" and self.model.is_file():
+            return status
+        step = status.get("step")
+        total = status.get("total_steps")
+        where = f" at optimiser step {step}" + (f" of {total}" if total else "") if step is not None else ""
+        reason = f" ({status['reason']})" if status.get("reason") else ""
+        what = {"running": "is still training", "interrupted": "was interrupted", "failed": "failed"}.get(
+            status["state"], "did not finish")
+        if status["state"] == "completed":
+            what, where, reason = "has no model.pt", "", f" (training completed{where}, but model.pt was deleted)"
+        hint = f"resume it with `injflow fit --resume {self.path}`"
+        if allow:
+            hint += f", or use {allow} to read its checkpoint anyway"
+        raise UnfinishedRunError(f"{self.path} {what}{where}{reason}: it is unfinished; {hint}")
+
+    # ------------------------------------------------------------------ writing
+
+    def lock(self, purpose: str = "fit") -> RunLock:
+        """The folder's exclusive lock (use as a context manager); a second writer gets RunLockedError."""
+        return RunLock(self.lock_file, purpose)
+
+    def open_for_writing(self) -> list[Path]:
+        """Creates the folder and removes temporary files left by a killed writer; returns what was removed."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        return remove_stale_temp_files(self.path)
+
+    def write_json(self, path: str | Path, obj: Any) -> Path:
+        """Writes JSON atomically at ``path`` (relative paths are inside the run folder)."""
+        path = Path(path)
+        return atomic_write_json(path if path.is_absolute() else self.path / path, obj)

@@ -1,0 +1,188 @@
+r"""What one does with a trained run folder: load its model, sample, evaluate, report (``injflow sample |
+evaluate | report``). Each function reads the folder through :class:`~injflow.rundir.RunDir`, computes with the
+library (:mod:`injflow.metrics`, :mod:`injflow.plots`) and writes its results atomically; the command line only
+parses arguments and calls these.
+
+An unfinished run (interrupted, failed or still training: no ``model.pt``) is refused with a message naming its last
+step, unless a checkpoint is asked for explicitly (``checkpoint="last"`` / ``"best"``, ``--checkpoint last``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config
+from .model import InjectiveFlow
+from .rundir import RunDir
+
+__all__ = ["load_run", "sample_run", "evaluate_run", "method_terms", "report_runs"]
+
+
+def load_run(run: str | Path, *, checkpoint: str | None = None, device: str | torch.device = "cpu",
+             samplers: bool = True) -> tuple[RunDir, Config, InjectiveFlow]:
+    """The folder, its config and its model (on ``device``); with ``samplers``, the config's post-fit samplers are
+    fitted where the model lacks them (a model from a checkpoint), exactly as ``fit`` fits them."""
+    from .train.runner import ensure_samplers, load_run_data, load_run_model
+
+    folder = RunDir(run).require_run()
+    config = folder.read_config()
+    flow = load_run_model(folder.path, checkpoint=checkpoint)
+    if samplers and any(name not in flow.samplers for name in config.train.samplers):
+        ensure_samplers(flow, load_run_data(config), config)
+    return folder, config, flow.to(torch.device(device))
+
+
+def sample_run(
+    run: str | Path,
+    *,
+    n: int,
+    sampler: str = "prior",
+    temperature: float = 1.0,
+    seed: int = 0,
+    out: str | Path | None = None,
+    label: int | None = None,
+    checkpoint: str | None = None,
+    device: str = "cpu",
+) -> Path:
+    """Writes ``n`` samples of a run to ``<run>/samples/<sampler>_T<temperature>[_class<c>].pt`` and a picture.
+
+    Arguments:
+        run: The run folder.
+        n: Number of samples.
+        sampler: ``prior``, ``gaussian`` or ``gmm`` (a post-fit sampler the run lacks is fitted as ``fit`` would).
+        temperature: Scales the latent spread.
+        seed: Sampling seed.
+        out: The ``.pt`` file (default in ``<run>/samples/``).
+        label: The class of a conditional model (``None``: one class after the other).
+        checkpoint: ``"last"``/``"best"`` to sample an unfinished run's checkpoint.
+        device: Where to decode.
+    """
+    from .io import atomic_torch_save
+    from .plots import plot_samples
+    from .train.runner import ensure_samplers, load_run_data
+
+    folder, config, flow = load_run(run, checkpoint=checkpoint, device=device, samplers=False)
+    if sampler != "prior" and sampler not in flow.samplers:
+        ensure_samplers(flow, load_run_data(config), config, names=[sampler])
+    if flow.conditional:
+        c = torch.arange(n) % flow.num_classes if label is None else label
+    elif label is not None:
+        raise ValueError(f"{folder.path} is not a conditional model: --class does not apply")
+    else:
+        c = None
+    x = flow.sample(n, sampler=sampler, temperature=temperature, seed=seed, c=c).cpu()
+    suffix = "" if label is None else f"_class{label}"
+    out = Path(out) if out else folder.samples / f"{sampler}_T{temperature:g}{suffix}.pt"
+    atomic_torch_save(x, out)
+    title = f"{n} samples: {sampler}, T={temperature:g}" + ("" if label is None else f", class {label}")
+    picture = plot_samples(x, out.with_suffix(".png"), data_kind=flow.data_kind or "tabular", title=title,
+                           image_shape=flow.image_shape)
+    print(f"[injflow] {n} samples ({sampler}, T={temperature:g}{'' if label is None else f', class {label}'}) -> {out}"
+          f"\n[injflow] picture -> {picture}")
+    return out
+
+
+def method_terms(config: Config, flow: InjectiveFlow, x: torch.Tensor, c: torch.Tensor | None, *, step: int, seed: int,
+                 batch_size: int) -> dict[str, float]:
+    """The run's own loss terms (means over ``x``) at its last step, in evaluation mode with seeded noise, so that
+    any two methods can be compared on the same split (reconstruction, latent statistics and these)."""
+    method = config.build_method()
+    method.total_steps = max(step, 1)
+    device = flow._device()
+    sums: dict[str, float] = {}
+    was_training = flow.training
+    flow.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for i in range(0, x.shape[0], batch_size):
+                batch = x[i: i + batch_size].to(device)
+                labels = None if c is None or not flow.conditional else c[i: i + batch_size].to(device)
+                with torch.enable_grad():  # the estimators differentiate through the nets
+                    terms = method.loss(batch, step, flow.given(labels))
+                for k, v in terms.items():
+                    v = v.detach()
+                    sums[k] = sums.get(k, 0.0) + float(v.sum() if v.ndim else v * batch.shape[0])
+    finally:
+        flow.train(was_training)
+    return {k: v / x.shape[0] for k, v in sums.items()}
+
+
+def evaluate_run(
+    run: str | Path,
+    *,
+    split: str = "test",
+    max_samples: int | None = None,
+    seed: int | None = None,
+    checkpoint: str | None = None,
+    device: str = "cpu",
+    fid_cache: str | Path | None = None,
+    verbose: bool = True,
+    **options: Any,
+) -> dict[str, Any]:
+    """Evaluates a run on one split; writes ``<run>/metrics.json`` and the figures in ``<run>/eval/``.
+
+    Reconstruction error; the exact on-manifold NLL :math:`-\\log p_Z(f(x)) + \\tfrac12\\log\\det(g'^\\top g')` of the
+    projection :math:`\\hat x` (if d ≤ ``exact_nll_max_dim``; read it with the reconstruction error) and the decoder's
+    singular-value spectrum; latent statistics and plots against the prior; sample quality of the prior and of each
+    post-fit sampler and of the reconstructions — FID for images (offline Inception, reference statistics cached),
+    FID-like W2 otherwise; and the method's own loss terms on the split. The same ``seed`` gives identical numbers.
+
+    Arguments:
+        run: The run folder.
+        split: ``train``, ``val`` or ``test``.
+        max_samples: Evaluate on the first N points only.
+        seed: Seed of all sampling (default: the run's ``train.seed``).
+        checkpoint: ``"last"``/``"best"`` to evaluate an unfinished run's checkpoint.
+        device: Where everything runs (``cpu``, ``cuda``, ``cuda:1``...).
+        fid_cache: Folder of cached FID reference statistics.
+        verbose: Print the metrics and where they went.
+        options: Fields of :class:`~injflow.metrics.EvalOptions` (``n_samples``, ``fid``, ``resize``, ``batch_size``,
+            ``fid_batch_size``, ``exact_nll_max_dim``, ``progress``...).
+    """
+    from .io import load_torch
+    from .metrics import EvalOptions, ReferenceStatsCache, evaluate_flow
+    from .train.runner import load_run_data
+
+    folder, config, flow = load_run(run, checkpoint=checkpoint, device=device)
+    data = load_run_data(config)
+    x, c = data.split(split)
+    if x is None:
+        raise ValueError(f"the data set {config.data.name!r} has no {split} split")
+    if max_samples:
+        x, c = x[:max_samples], None if c is None else c[:max_samples]
+    seed = config.train.seed if seed is None else seed
+    eval_options = EvalOptions(seed=seed, cache=ReferenceStatsCache(fid_cache) if fid_cache else None, **options)
+    log = print if verbose else None
+    evaluation = evaluate_flow(flow, x, kind=data.kind, out_dir=folder.eval, split=split, dataset=config.data.name,
+                               c=c if flow.conditional else None, options=eval_options, log=log)
+    status = folder.status()
+    step = status.get("step")
+    source = folder.checkpoint(checkpoint) if checkpoint is not None else folder.last_checkpoint
+    if (checkpoint is not None or step is None) and source.is_file():
+        step = load_torch(source, what="checkpoint").get("global_step", 0)
+    step = int(step or 0)
+    metrics: dict[str, Any] = {"run": str(folder.path), **evaluation.metrics}
+    if checkpoint is not None:
+        metrics["checkpoint"] = {"which": checkpoint, "step": step, "state": status["state"]}
+    metrics["method_terms"] = method_terms(config, flow, x, c, step=step, seed=seed, batch_size=eval_options.batch_size)
+    folder.write_json(folder.metrics_json, metrics)
+    if verbose:
+        print(json.dumps({k: v for k, v in metrics.items() if k not in ("latent", "spectrum", "figures")}, indent=2))
+        print("[injflow] timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in evaluation.timings.items()))
+        print(f"[injflow] metrics -> {folder.metrics_json}")
+        print(f"[injflow] figures -> {folder.eval}  (report: injflow report {folder.path})")
+    return metrics
+
+
+def report_runs(runs: list[str | Path], *, out: str | Path | None = None, title: str | None = None) -> tuple[Path, Path]:
+    """Writes a self-contained HTML report and its Markdown twin for one run or a comparison of several."""
+    from .metrics.report import write_report
+
+    html_path, md_path = write_report(list(runs), out, title=title)
+    print(f"[injflow] report -> {html_path}\n[injflow] markdown -> {md_path}")
+    return html_path, md_path
