@@ -153,9 +153,10 @@ class ModelConfig:
 #: The torch LR scheduler behind each ``optim.scheduler.name`` and the arguments injflow sets itself.
 _SCHEDULERS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "constant": (None, ()),
-    "onecycle": ("OneCycleLR", ("optimizer", "max_lr", "total_steps", "epochs", "steps_per_epoch")),
-    "cosine": ("CosineAnnealingLR", ("optimizer", "T_max")),
-    "plateau": ("ReduceLROnPlateau", ("optimizer",)),
+    "onecycle": ("OneCycleLR", ("optimizer", "max_lr", "total_steps", "epochs", "steps_per_epoch", "last_epoch",
+                                "verbose")),
+    "cosine": ("CosineAnnealingLR", ("optimizer", "T_max", "last_epoch")),
+    "plateau": ("ReduceLROnPlateau", ("optimizer", "verbose")),
 }
 
 
@@ -218,6 +219,31 @@ class OptimConfig:
             raise ConfigError(f"betas: expected two numbers in [0, 1), got {self.betas}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError(f"grad_clip: must be > 0 (or null), got {self.grad_clip}")
+        _try_scheduler(self)
+
+
+def _try_scheduler(optim: "OptimConfig") -> None:
+    """Builds the LR scheduler once on a stand-in optimiser, so bad option values fail now, not after the run starts."""
+    import torch
+
+    name, options = optim.scheduler.name, optim.scheduler.options
+    cls_name = _SCHEDULERS[name][0]
+    if cls_name is None or not options:
+        return
+    import torch.optim.lr_scheduler as schedulers
+
+    for key, value in options.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise ConfigError(f"scheduler.options.{key}: must be >= 0 (rates, factors, steps and minimum learning rates "
+                              f"are), got {value}")
+        if isinstance(value, (list, tuple)) and any(isinstance(v, (int, float)) and v < 0 for v in value):
+            raise ConfigError(f"scheduler.options.{key}: must hold numbers >= 0, got {value}")
+    dummy = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=optim.lr)
+    fixed = {"onecycle": {"max_lr": optim.lr, "total_steps": 100}, "cosine": {"T_max": 100}, "plateau": {}}[name]
+    try:
+        getattr(schedulers, cls_name)(dummy, **fixed, **options)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"scheduler.options: torch's {cls_name} refuses {options}: {e}") from None
 
 
 # Lightning 2's names (its AcceleratorRegistry, StrategyRegistry and precision strings), listed here so a config is
@@ -514,6 +540,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     import yaml
 
     data = _deep_copy(data)
+    _reset_options_of_renamed(data, overrides)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train.max_epochs=10")
@@ -536,6 +563,39 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             node = child
         node[parts[-1]] = value
     return data
+
+
+#: A name and the options that belong to it: overriding the name drops the options the file gave for the old one.
+_NAMED_OPTIONS = (("data.name", "data.options"), ("model.architecture", "model.options"),
+                  ("model.latent.name", "model.latent.options"), ("optim.scheduler.name", "optim.scheduler.options"))
+
+
+def _reset_options_of_renamed(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> None:
+    """``--set data.name=array`` starts from that data set's defaults, not from the old data set's options (the
+    same for architectures, latents, schedulers and methods); options given in the same overrides still apply."""
+    import yaml
+
+    def get(key: str) -> Any:
+        node: Any = data
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            continue  # reported when the override is applied
+        for name_key, options_key in _NAMED_OPTIONS:
+            if key == name_key and value != get(name_key):
+                section, _, leaf = options_key.rpartition(".")
+                parent = get(section)
+                if isinstance(parent, dict):
+                    parent.pop(leaf, None)
+        if key == "method.name" and isinstance(data.get("method"), dict) and value != data["method"].get("name"):
+            data["method"] = {}
 
 
 def _deep_copy(d: Any) -> Any:

@@ -106,6 +106,8 @@ class InjectiveFlow(nn.Module):
         self.data_kind: str | None = None
         self.image_shape: tuple[int, ...] | None = None
         self.num_classes = None if num_classes is None else int(num_classes)
+        #: Whether the nets are the plain ones the method's :meth:`~injflow.methods.Method.finalize` exported.
+        self.finalized = False
         if self.num_classes is not None and self.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 for a conditional model, got {num_classes}")
         self.describe_data(data_shape, data_kind=data_kind, image_shape=image_shape)
@@ -145,6 +147,7 @@ class InjectiveFlow(nn.Module):
         data_kind: str | None = None,
         image_shape: tuple[int, ...] | None = None,
         num_classes: int | None = None,
+        prepare: bool = True,
     ) -> "InjectiveFlow":
         """Builds the nets and latent a config describes (a :class:`~injflow.config.Config`, dict or YAML path).
 
@@ -152,6 +155,8 @@ class InjectiveFlow(nn.Module):
             config: The config.
             data_shape, data_kind, image_shape, num_classes: What the data look like; default: loads the config's
                 data set to find out.
+            prepare: Change the nets as the config's method trains them (:meth:`Method.prepare`, e.g. AE+SN's
+                spectral norm); ``False`` for the plain nets a finished run exports (:meth:`Method.finalize`).
 
         Example:
             >>> flow = InjectiveFlow.from_config("configs/default.yaml", data_shape=(2,), data_kind="toy")
@@ -184,7 +189,8 @@ class InjectiveFlow(nn.Module):
         latent = build_latent(m.latent.name, m.latent_dim, **m.latent.options)
         flow = cls(encoder, decoder, latent, data_shape=tuple(data_shape), config=config_to_dict(config),
                    data_kind=data_kind, image_shape=image_shape, num_classes=num_classes)
-        config.build_method().prepare(flow)  # the nets as the config's method trains them (e.g. ae_sn, vae)
+        if prepare:
+            config.build_method().prepare(flow)  # the nets as the config's method trains them (e.g. ae_sn, vae)
         return flow
 
     @property
@@ -413,6 +419,7 @@ class InjectiveFlow(nn.Module):
             "data_kind": self.data_kind,
             "image_shape": None if self.image_shape is None else list(self.image_shape),
             "num_classes": self.num_classes,
+            "finalized": self.finalized,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -448,18 +455,20 @@ class InjectiveFlow(nn.Module):
             if shape is None:
                 raise CheckpointError(f"{source} does not record the data shape; load it through its run folder")
             try:
-                built = cls.from_config(info["config"], **options)
+                built = cls.from_config(info["config"], prepare=not info.get("finalized"), **options)
             except (ValueError, TypeError) as e:
                 raise CheckpointError(f"{source}: its saved config does not build a model ({e})") from None
             if latent is None:
+                built.finalized = bool(info.get("finalized"))
                 return built
             encoder, decoder = built.encoder, built.decoder
         flow = cls(encoder, decoder, latent, latent_dim=None if latent is not None else _latent_dim(info),
                    config=info.get("config"), **options)
-        if info.get("config"):  # the nets as the saved method trained them (idempotent for rebuilt nets)
+        if info.get("config") and not info.get("finalized"):  # the nets as the method trained them (idempotent)
             from .config import config_from_dict
 
             config_from_dict(info["config"]).build_method().prepare(flow)
+        flow.finalized = bool(info.get("finalized"))
         return flow
 
     def load_nets(self, state: dict[str, Tensor], *, source: str | Path, prefix: str = "") -> "InjectiveFlow":

@@ -159,6 +159,54 @@ def test_ddp_nan_on_one_rank_stops_every_rank(tmp_path):
     assert "another process" in out, out[-3000:]  # rank 0, whose own loss was finite, stopped too
 
 
+_NAN_INPUT_ON_ONE_RANK = """
+import dataclasses, sys
+import torch
+import injflow.api as inj
+from injflow import estimators
+from injflow.methods import register_method
+from injflow.methods.fif import FIF
+
+
+@register_method("fif_nan_input_on_rank_1")
+@dataclasses.dataclass
+class NanInputOnRank1(FIF):
+    def loss(self, batch, step, model):
+        if step == 2 and torch.distributed.is_initialized() and torch.distributed.get_rank() == 1:
+            batch = batch.clone()
+            batch[3, 0] = float("nan")
+        return super().loss(batch, step, model)
+
+
+if __name__ == "__main__":
+    try:
+        inj.fit(None, overrides=sys.argv[2:] + ["method={name: fif_nan_input_on_rank_1}"], run_dir=sys.argv[1],
+                verbose=False)
+    except Exception as e:
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else "?"
+        print("ERROR rank", rank, type(e).__name__, e, flush=True)
+        raise SystemExit(getattr(e, "exit_code", 1))
+"""
+
+
+def test_ddp_bad_input_on_one_rank_stops_every_rank_naming_the_cause(tmp_path):
+    """A NaN in one process's batch (caught by the estimators' input check there) stops both processes with exit 3 and
+    the same message naming the cause, instead of a gloo 'connection closed' traceback on the other."""
+    script = tmp_path / "nan_input_on_rank_1.py"
+    script.write_text(_NAN_INPUT_ON_ONE_RANK)
+    args = [*FAST, "train.max_epochs=1", "train.samplers=[]", "train.accelerator=cpu", "train.devices=2",
+            "train.strategy=ddp", "data.batch_size=100", "train.pictures=false"]
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=240, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 3, out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith("ERROR rank")]
+    assert sorted(e.split()[2] for e in errors) == ["0", "1"], out[-3000:]
+    for line in errors:
+        assert "NonFiniteLossError" in line and "rank 1 of 2" in line and "NaN" in line, line
+    assert "connection closed" not in out.lower() and "Traceback" not in out, out[-3000:]
+
+
 def test_evaluate_falls_back_to_checkpoints_and_rejects_bad_ones(tmp_path, capsys):
     """Without model.pt the run is unfinished (refused, naming the step) unless a checkpoint is asked for; a corrupt or
     mismatched checkpoint gets an error naming it."""

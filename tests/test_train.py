@@ -146,9 +146,38 @@ def test_ae_method_and_options(tmp_path):
 
 @pytest.mark.parametrize("sched", ["constant", "onecycle", "cosine", "plateau"])
 def test_lr_schedules_run(tmp_path, sched):
-    cfg = small_config(tmp_path, "train.max_epochs=2", f"optim.scheduler.name={sched}", "method={name: ae}",
-                       "data.options.n_train=400")
+    """The learning rate of every step (metrics.csv) is the torch scheduler's trajectory over the whole run."""
+    import csv
+
+    cfg = small_config(tmp_path, "train.max_epochs=3", f"optim.scheduler.name={sched}", "method={name: ae}",
+                       "data.options.n_train=400", "train.log_every_n_steps=1", "optim.lr=0.01",
+                       "optim.scheduler.options={factor: 0.5, patience: 0}" if sched == "plateau" else "train.seed=0")
     fit_config(cfg, verbose=False)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    logged = [(int(r["step"]), float(r["lr-Adam"])) for r in rows if r.get("lr-Adam")]
+    steps = len(logged)
+    assert [s for s, _ in logged] == list(range(steps)) and steps == 3 * 2  # 2 batches per epoch
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=0.01)
+    if sched == "onecycle":
+        ref = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=steps)
+    elif sched == "cosine":
+        ref = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    elif sched == "plateau":
+        ref = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0)
+        val = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
+    expected = []
+    for i in range(steps):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if sched in ("onecycle", "cosine"):
+            ref.step()
+        elif sched == "plateau" and i % 2 == 1:  # stepped per epoch on the epoch's val/loss
+            ref.step(val[i // 2])
+    assert [lr for _, lr in logged] == pytest.approx(expected, rel=1e-12), (logged, expected)
+    if sched == "constant":
+        assert set(expected) == {0.01}
+    if sched == "onecycle":
+        assert expected[0] < max(expected) > expected[-1]  # warm-up, then annealing
 
 
 def test_schedules():

@@ -61,6 +61,8 @@ class _ArrayUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
         ("_codecs", "encode"),
     }
 
@@ -68,6 +70,56 @@ class _ArrayUnpickler(pickle.Unpickler):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+
+
+# What a pickled pandas DataFrame of numbers needs (pandas 0.2x to 3.x after pandas' own renaming table), and
+# nothing that could run code: data-structure constructors only (no pandas.eval, no I/O functions).
+_PANDAS_DATA_MODULES = (
+    "pandas.core.frame", "pandas.core.series", "pandas.core.indexes.", "pandas.core.internals", "pandas._libs.internals",
+    "pandas._libs.arrays", "pandas.core.arrays.", "pandas.arrays", "pandas.core.dtypes.dtypes", "pandas._libs.tslibs.",
+)
+_PANDAS_TOP_LEVEL = {"DataFrame", "Series", "Index", "RangeIndex", "MultiIndex", "CategoricalIndex", "DatetimeIndex",
+                     "StringDtype", "CategoricalDtype", "Categorical", "Timestamp", "NaT"}
+
+
+def read_dataframe_pickle(path: str | Path):
+    r"""Loads a pickled pandas DataFrame of data (the upstream GAS file) without running code.
+
+    Like ``pandas.read_pickle`` (with pandas' renaming of old class locations), but only data-structure classes of
+    pandas and numpy may be imported; anything else is refused with ``pickle.UnpicklingError`` naming it.
+    """
+    import pandas.compat.pickle_compat as compat
+
+    class _DataFrameUnpickler(compat.Unpickler):
+        def find_class(self, module: str, name: str):
+            module, name = compat._class_locations_map.get((module, name), (module, name))
+            allowed = (
+                (module, name) in _ArrayUnpickler._ALLOWED
+                or (module, name) == ("builtins", "slice")
+                or (module == "pandas" and name in _PANDAS_TOP_LEVEL)
+                or module.startswith(_PANDAS_DATA_MODULES)
+            )
+            if not allowed:
+                raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file (it is not data)")
+            return super().find_class(module, name)
+
+    with _open(path) as f:
+        return _DataFrameUnpickler(io.BufferedReader(f)).load()
+
+
+def read_npy(path: str | Path, what: str) -> np.ndarray:
+    r"""Loads a ``.npy`` array file (never a pickle); a file of another kind gets a message naming ``what`` it should be."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic != b"\x93NUMPY":
+            kind = "text" if magic and all(32 <= b < 127 or b in (9, 10, 13) for b in magic) else "not a .npy array"
+            raise ValueError(f"its content is {kind}")
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path} is not the upstream {what} (a numpy .npy array file): {e}; put the original file "
+                         f"there or download it again (download=True)") from None
 
 
 def read_array_pickle(path: str | Path):

@@ -20,13 +20,14 @@ __all__ = [
     "standardise_like_maf",
 ]
 
+import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .download import data_root, extract_members, fetch, require_files
-from .formats import read_csv_matrix
+from .formats import read_csv_matrix, read_dataframe_pickle, read_npy
 from .registry import check_count, register
 from .splits import DataSplits, seeded_generator, split_tail, take_subset
 
@@ -199,7 +200,7 @@ def load_power(
 ) -> DataSplits:
     r"""POWER (UCI household electric power), 6-D, MAF preprocessing (:func:`preprocess_power`)."""
     (path,) = _maf_paths("power", root, download)
-    splits = preprocess_power(np.load(path, allow_pickle=False))
+    splits = preprocess_power(read_npy(path, "POWER data.npy"))
     return _maf_result("power", splits, seed, {"train": n_train, "val": n_val, "test": n_test}, path)
 
 
@@ -212,8 +213,11 @@ def load_gas(
     The upstream file is a pandas pickle, so reading it needs the optional package pandas.
     """
     (path,) = _maf_paths("gas", root, download)
-    pd = _optional_import("pandas", "reading GAS's ethylene_CO.pickle")
-    frame = pd.read_pickle(path)
+    _optional_import("pandas", "reading GAS's ethylene_CO.pickle")
+    try:
+        frame = read_dataframe_pickle(path)
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as e:
+        raise ValueError(f"{path} is not the upstream GAS pickle (a pandas DataFrame of sensor readings): {e}") from None
     splits = preprocess_gas(frame.to_numpy(dtype=np.float64), [str(c) for c in frame.columns])
     return _maf_result("gas", splits, seed, {"train": n_train, "val": n_val, "test": n_test}, path)
 
@@ -234,7 +238,7 @@ def load_miniboone(
 ) -> DataSplits:
     r"""MINIBOONE (UCI particle identification), 43-D, MAF preprocessing (:func:`preprocess_miniboone`)."""
     (path,) = _maf_paths("miniboone", root, download)
-    splits = preprocess_miniboone(np.load(path, allow_pickle=False))
+    splits = preprocess_miniboone(read_npy(path, "MINIBOONE data.npy"))
     return _maf_result("miniboone", splits, seed, {"train": n_train, "val": n_val, "test": n_test}, path)
 
 

@@ -125,7 +125,10 @@ class Method:
             model: Provides ``encode``, ``decode`` and ``latent``.
 
         Returns:
-            A dict of per-sample ``(B,)`` or scalar tensors containing ``"loss"``.
+            A dict of per-sample ``(B,)`` or scalar tensors. It must contain ``"loss"`` (what the engine minimises,
+            its mean), ``"reconstruction"`` (:math:`\|g(f(x)) - x\|^2` summed over data dimensions) and
+            ``"latent_sq_norm"`` (:math:`\|f(x)\|^2`, detached), so any two methods compare on one split; the
+            engine checks this before training. Every other entry is logged too.
         """
         raise NotImplementedError  # pragma: no cover
 

@@ -116,18 +116,24 @@ def as_schedule(value: Any, key: str = "value") -> Schedule:
     if isinstance(value, dict):
         options = dict(value)
         name = options.pop("schedule", None)
-        if name not in SCHEDULES:
-            raise ValueError(f"{key}: 'schedule' must be one of {sorted(SCHEDULES)}, got {name!r}")
+        if not isinstance(name, str) or name not in SCHEDULES:
+            raise ValueError(f"{key}.schedule: must be one of {sorted(SCHEDULES)}, got {name!r}")
+        for k, v in options.items():
+            if v is None and k == "steps":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"{key}.{k}: expected a number, got {v!r}")
+            if not math.isfinite(v):
+                raise ValueError(f"{key}.{k}: must be a finite number, got {v}")
         try:
             sched = SCHEDULES[name](**options)
         except TypeError as e:
             raise ValueError(f"{key}: bad arguments for schedule {name!r}: {e}") from None
-        for k, v in options.items():
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                raise ValueError(f"{key}.{k}: expected a number, got {v!r}")
-            if v is not None and not math.isfinite(v):
-                raise ValueError(f"{key}.{k}: must be a finite number, got {v}")
         if isinstance(sched, Linear) and sched.steps is not None and sched.steps < 1:
             raise ValueError(f"{key}.steps: must be >= 1, got {sched.steps}")
+        if isinstance(sched, Penalty) and not sched.nu > 0:
+            raise ValueError(f"{key}.nu: the penalty grows as i^nu, so nu must be > 0, got {sched.nu}")
+        if isinstance(sched, Penalty) and sched.rate < 0:
+            raise ValueError(f"{key}.rate: a penalty weight grows, so rate must be >= 0, got {sched.rate}")
         return sched
     raise ValueError(f"{key}: expected a number or a schedule mapping, got {value!r}")

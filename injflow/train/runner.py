@@ -56,6 +56,9 @@ RESUMABLE_KEYS = (
     "train.strategy", "train.num_nodes", "train.check_finite_every_n_steps", "train.compile", "run.",
     "data.root", "data.download",
 )
+#: Terms every method returns (:meth:`injflow.methods.Method.loss`): the objective, and what lets any two runs be
+#: compared on one split.
+REQUIRED_TERMS = ("loss", "reconstruction", "latent_sq_norm")
 #: Data values at or above this magnitude cannot be trained on in float32 (squared errors overflow).
 MAX_ABS_VALUE = 1e15
 #: Above this magnitude the data are very likely not standardised: a warning says so.
@@ -142,9 +145,9 @@ class RunPlan:
 def _data_error(error: Exception) -> InjflowError:
     """A loader's message under its dotted key (``option n_train ...`` → ``data.options.n_train: ...``)."""
     message = str(error)
-    m = re.match(r"option (\w+)\b", message)
+    m = re.match(r"option (\w+)(:\s*)?", message)
     if m:
-        return ConfigError(f"data.options.{m.group(1)}: {message}")
+        return ConfigError(f"data.options.{m.group(1)}: {message[m.end():] if m.group(2) else message}")
     return DataError(f"data: {message}")
 
 
@@ -257,8 +260,10 @@ def _dry_run(flow: InjectiveFlow, method: Any, data: RunData, *, batch_size: int
     finally:
         flow.load_state_dict(state)
         flow.zero_grad(set_to_none=True)
-    if not isinstance(terms, dict) or "loss" not in terms:
-        raise ConfigError(f"method.name: method {method.name!r} returned no 'loss' term (got {sorted(terms or {})})")
+    missing = [k for k in REQUIRED_TERMS if k not in (terms if isinstance(terms, dict) else {})]
+    if missing:
+        raise ConfigError(f"method.name: method {method.name!r} must return the terms {list(REQUIRED_TERMS)} "
+                          f"(see injflow.methods.Method.loss); it returned {sorted(terms or {})}, without {missing}")
     return {k: v.detach() for k, v in terms.items()}
 
 
@@ -550,6 +555,10 @@ def finish_run(plan: RunPlan, trainer: Any, module: Any, flag: Any) -> FitResult
     flow.config = config_to_dict(config) if plan.built_here else None
     if not trainer.is_global_zero:
         return result
+    # The exported model holds plain nets (e.g. AE+SN's weights divided by their spectral norm, a VAE's mean
+    # encoder); its file says so, and loading it does not prepare the nets again.
+    plan.method.finalize(flow)
+    flow.finalized = True
     ensure_samplers(flow, plan.data, config)
     _raise_if_signalled(flag, run, trainer.global_step, "after training, before model.pt was written")
     result.artefacts.update({"run folder": run.path, "config": run.config, "status": run.status_file,
@@ -682,6 +691,21 @@ def resume_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (),
     return fit_config(run.read_config(overrides), run_dir=run.path, resume=True, verbose=verbose)
 
 
+def _check_belongs(flow: InjectiveFlow, run: RunDir, path: Path) -> None:
+    """A checkpoint describes its own model; inside a run folder it must be the model of the folder's config."""
+    if not flow.config:
+        return
+    saved, own = config_to_dict(run.read_config()), flow.config
+    for section in ("model", "data"):
+        changed = _changed_keys({section: saved[section]}, {section: own.get(section, {})})
+        changed = [k for k in changed if not k.startswith(RESUMABLE_KEYS)]
+        if changed:
+            raise CheckpointError(
+                f"{path} does not belong to {run.path}: it was trained with {changed[0]}={_lookup(own, changed[0])!r}, "
+                f"the run's config.yaml says {_lookup(saved, changed[0])!r}; put the run's own checkpoint back or retrain"
+            )
+
+
 def load_run_model(run: str | Path, *, checkpoint: str | None = None) -> InjectiveFlow:
     """The trained model of a run folder.
 
@@ -700,10 +724,13 @@ def load_run_model(run: str | Path, *, checkpoint: str | None = None) -> Injecti
         raise CheckpointError(f"{path} does not exist; the run has: "
                               f"{', '.join(p.name for p in run.checkpoints.glob('*.ckpt')) or 'no checkpoints'}")
     try:
-        return InjectiveFlow.load_from_checkpoint(path)
+        flow = InjectiveFlow.load_from_checkpoint(path)
     except CheckpointError as e:
         if "older injflow" not in str(e):
             raise
+    else:
+        _check_belongs(flow, run, path)
+        return flow
     # A checkpoint of an older injflow: the model's description comes from config.yaml and the data set.
     config = run.read_config()
     flow = InjectiveFlow.from_config(config)
