@@ -69,6 +69,21 @@ def _check_options(key: str, registry: Any, name: str, options: dict[str, Any]) 
     _check_finite(key, options)
 
 
+#: No width, depth or count of a network is larger (a larger one is a typo, and building it would exhaust memory).
+MAX_NET_SIZE = 10**6
+
+
+def _check_sizes(key: str, value: Any) -> None:
+    if isinstance(value, int) and not isinstance(value, bool) and value > MAX_NET_SIZE:
+        raise ConfigError(f"{key}: {value} is larger than any sensible width, depth or count (at most {MAX_NET_SIZE})")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_sizes(f"{key}.{k}", v)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_sizes(f"{key}[{i}]", v)
+
+
 def _check_finite(key: str, value: Any) -> None:
     """NaN/inf anywhere inside free-form options (lists, dicts) is refused."""
     import math
@@ -146,6 +161,7 @@ class ModelConfig:
                 f"architecture: unknown architecture {self.architecture!r}; choose from: {', '.join(ARCHITECTURES.names())}"
             )
         _check_options("options", ARCHITECTURES, self.architecture, self.options)
+        _check_sizes("options", self.options)
         if self.latent_dim < 1:
             raise ConfigError(f"latent_dim: must be >= 1, got {self.latent_dim}")
 
@@ -346,6 +362,8 @@ class TrainConfig:
         for key in ("checkpoint_every_n_steps", "plot_every_n_epochs", "num_threads", "check_finite_every_n_steps"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"{key}: must be >= 1 (or null), got {getattr(self, key)}")
+        if self.num_threads is not None and self.num_threads > 4096:
+            raise ConfigError(f"num_threads: at most 4096, got {self.num_threads}")
         _check_monitor("monitor", self.monitor)
         for key, allowed in (("accelerator", ACCELERATORS), ("strategy", STRATEGIES), ("precision", PRECISIONS)):
             if getattr(self, key) not in allowed:

@@ -97,8 +97,12 @@ def load_dataset(
     return DATASETS.build(name, seed=seed, root=root, download=bool(download), **options)
 
 
+#: The most samples a count option may ask for (generated data live in memory: 10^8 points of 3 floats is 1.2 GB).
+MAX_COUNT = 10**8
+
+
 def check_count(option: str, value: object, *, allow_none: bool = False, minimum: int = 1) -> int | None:
-    r"""Validates an integer option such as `n_train`; returns it.
+    r"""Validates an integer option such as `n_train` (at most :data:`MAX_COUNT`); returns it.
 
     Example:
         >>> check_count("n_train", 5)
@@ -106,8 +110,8 @@ def check_count(option: str, value: object, *, allow_none: bool = False, minimum
     """
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"option {option} must be an integer >= {minimum}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_COUNT:
+        raise ValueError(f"option {option} must be an integer between {minimum} and {MAX_COUNT}, got {value!r}")
     return value
 
 

@@ -371,6 +371,8 @@ def prepare_run(
                                              image_shape=data.image_shape, num_classes=data.num_classes)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"model.options: {e}") from None
+        except (RuntimeError, MemoryError) as e:  # e.g. the allocator refusing layers of absurd width
+            raise ConfigError(f"model.options: the nets cannot be built ({str(e).splitlines()[0][:200]})") from None
     else:
         if flow.data_shape is not None and tuple(flow.data_shape) != data.data_shape:
             raise DataError(f"the data have samples of shape {data.data_shape} but the model was built for "
