@@ -14,6 +14,7 @@ from typing import Any
 from .core import check_autoencoder, numel
 from .dense import mlp_autoencoder, tabular_autoencoder, toy_resnet_autoencoder
 from .fif_convnet import fif_convnet_autoencoder
+from .invertible import injective_coupling_autoencoder, trumpet_autoencoder
 from .kumar import kumar_conv_autoencoder
 from .pythae import pythae_convnet_autoencoder, pythae_resnet_autoencoder
 
@@ -27,6 +28,8 @@ _BUILDERS: dict[str, Callable[..., tuple[nn.Module, nn.Module]]] = {
     "pythae_convnet": pythae_convnet_autoencoder,
     "pythae_resnet": pythae_resnet_autoencoder,
     "fif_convnet": fif_convnet_autoencoder,
+    "injective_coupling": injective_coupling_autoencoder,  # rectangular flow / DNF: w ∘ pad ∘ h (FIF eq. 1)
+    "trumpet": trumpet_autoencoder,  # Kothari et al. 2021
 }
 
 
