@@ -178,11 +178,11 @@ def test_trumpet_stages_train_disjoint_parameters(arch):
 
 
 def test_trumpet_switch_needs_a_run_length():
-    with pytest.raises(ValueError, match="exactly one"):
-        Trumpet()
+    with pytest.raises(ValueError, match="manifold_fraction"):
+        Trumpet(manifold_fraction=1.0)
     with pytest.raises(ValueError, match="finite run length"):
         Trumpet(manifold_fraction=0.5).switch_step()
-    assert Trumpet(manifold_steps=7).switch_step() == 7
+    assert Trumpet(manifold_steps=7).switch_step() == 7  # replaces the fraction
 
 
 # ------------------------------------------------------------------------------------------ learning a toy manifold

@@ -237,26 +237,23 @@ class Trumpet(Method):
     injective part gets no gradient (and Adam leaves a parameter without a gradient untouched). Both stages report
     all terms; only the active stage's objective is differentiated.
 
-    The switch is at ``manifold_steps``, or at ``round(manifold_fraction * total_steps)`` (the engine sets
-    ``total_steps``). FIF App. E.3 gave Trumpet 2, 5 or 10 manifold epochs of a 5-hour budget (10 was best); the
+    The switch is at ``round(manifold_fraction * total_steps)`` (the engine sets ``total_steps``), or at
+    ``manifold_steps`` when that is set. FIF App. E.3 gave Trumpet 2, 5 or 10 manifold epochs of a 5-hour budget (10 was best); the
     authors' default is 2 of 400 epochs.
 
     Arguments:
-        manifold_fraction: Fraction of the run spent in stage 1.
-        manifold_steps: Or the number of stage-1 optimiser steps (exactly one of the two).
+        manifold_fraction: Fraction of the run spent in stage 1 (default 0.5: chosen, not from either paper).
+        manifold_steps: The number of stage-1 optimiser steps; when set it replaces ``manifold_fraction``.
         latent_consistency_weight: γ (their code: 1).
     """
 
-    manifold_fraction: float | None = None
+    manifold_fraction: float = 0.5
     manifold_steps: int | None = None
     latent_consistency_weight: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if (self.manifold_fraction is None) == (self.manifold_steps is None):
-            raise ValueError("manifold_fraction: give exactly one of manifold_fraction and manifold_steps "
-                             "(the length of the reconstruction stage)")
-        if self.manifold_fraction is not None and not 0 < self.manifold_fraction < 1:
+        if not 0 < self.manifold_fraction < 1:
             raise ValueError(f"manifold_fraction: must be in (0, 1), got {self.manifold_fraction}")
         if self.manifold_steps is not None and self.manifold_steps < 1:
             raise ValueError(f"manifold_steps: must be >= 1, got {self.manifold_steps}")
