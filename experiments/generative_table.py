@@ -42,6 +42,16 @@ Hyper-parameters of each method: the ``method`` block of ``configs/paper/kumar-m
 values chosen there from the paper's search grids) and of ``configs/paper/fif-pythae-resnet-mnist.yaml`` for FIF
 (β = 5); RAE-GP (no config in the repository): latent weight 1e-3, decoder-Jacobian weight 1e-2 (chosen).
 
+The injective flows of **FIF table 2** built from invertible blocks — **DNF** (Horvat & Pfister 2021) and **Trumpet**
+(Kothari et al. 2021) — cannot use the shared autoencoder: they bring their own architecture
+(``injflow.nets.invertible``, dense zuko couplings; the published ones are convolutional), the same d, data, optimiser,
+batch and steps as every other row. DNF: ``injective_coupling`` (6 affine couplings with 1 × 128 hidden units on
+R^784, 4 spline couplings with 1 × 64 on R^16; chosen for CPU time) and the method block of
+``configs/paper/dnf-celeba.yaml`` (σ² = 0.01, μ = 1000, ρ = 0.01). Trumpet: ``trumpet`` (learned injective layers
+16 → 32 → … → 784, 2 affine couplings with 1 × 128 per stage, 4 couplings with 1 × 64 on R^16; chosen) with half of
+the steps for the manifold stage (chosen; FIF App. E.3 found 10 manifold epochs of a 5-hour budget best). Smoke scale:
+the same kinds with 2-3 layers of 32 units.
+
 Not ``experiments/common.fit_run``: the runs call ``injflow.train.runner.fit_config(config, data=...)`` directly so
 that MNIST is read once instead of once per method (same engine), without the engine's end-of-run pictures (the
 run folders are temporary and deleted; the pictures cost 4-10 s per run on this CPU).
@@ -73,7 +83,24 @@ class Spec:
 
     label: str
     config: str | None  # configs/paper/<config>.yaml whose `method` block is used
-    method: dict[str, Any] | None = None  # or an explicit method block
+    method: dict[str, Any] | None = None  # or an explicit method block (updates the config's block when both are given)
+    architecture: dict[str, tuple[str, dict[str, Any]]] | None = None  # scale -> (model.architecture, options); None: shared net
+
+
+def _flow_nets(kind: str, width: int, layers: int) -> tuple[str, dict[str, Any]]:
+    """An invertible-block architecture for the DNF / Trumpet rows (sizes chosen for CPU time, see the docstring)."""
+    if kind == "injective_coupling":
+        return kind, {"outer_layers": layers + 2, "outer_hidden_features": [width], "inner_layers": layers,
+                      "inner_hidden_features": [width // 2], "transform": "affine", "inner_transform": "spline"}
+    return kind, {"stage_layers": 2, "hidden_features": [width], "inner_layers": layers,
+                  "inner_hidden_features": [width // 2], "expansion": "linear"}
+
+
+INVERTIBLE = {
+    "injective_coupling": {"smoke": _flow_nets("injective_coupling", 32, 2), "cpu": _flow_nets("injective_coupling", 128, 4),
+                           "paper": _flow_nets("injective_coupling", 256, 8)},
+    "trumpet": {"smoke": _flow_nets("trumpet", 32, 2), "cpu": _flow_nets("trumpet", 128, 4), "paper": _flow_nets("trumpet", 256, 8)},
+}
 
 
 METHODS: tuple[Spec, ...] = (
@@ -87,6 +114,8 @@ METHODS: tuple[Spec, ...] = (
     Spec("InjFlow-ln", "kumar-mnist-injflow-ln"),      # Kumar eq. 9
     Spec("InjFlow", "kumar-mnist-injflow"),            # Kumar eq. 10, λ = 1
     Spec("FIF", "fif-pythae-resnet-mnist"),            # FIF eq. 7/17, β = 5 (ResNet MNIST choice)
+    Spec("DNF", "dnf-celeba", None, INVERTIBLE["injective_coupling"]),  # FIF table 2: Horvat & Pfister 2021
+    Spec("Trumpet", "trumpet-celeba", {"manifold_steps": None, "manifold_fraction": 0.5}, INVERTIBLE["trumpet"]),  # Kothari et al.
 )
 
 # Published MNIST numbers. Kumar table 1 (Rec., N = post-fit Gaussian, GMM), best-GMM model of each search.
@@ -95,6 +124,8 @@ KUMAR_TABLE1 = {
     "CAE": (10.51, 45.18, 12.90), "AE+L2": (7.76, 34.27, 9.69), "AE+SN": (8.07, 37.19, 11.84),
     "InjFlow-ln": (7.40, 35.96, 9.93), "InjFlow": (6.0, 42.65, 11.43),
 }
+# FIF table 2 (CelebA, not MNIST: for orientation only): (N sampler FID, GMM sampler FID).
+FIF_TABLE2 = {"DNF": (55.6, 52.7), "Trumpet": (56.2, 47.7), "FIF": (47.3, 37.4)}
 # FIF App. E.4 table 8, MNIST columns: (ConvNet N, ConvNet GMM, ResNet N, ResNet GMM); N = standard normal.
 FIF_TABLE8 = {
     "FIF": (23.8, 11.0, 19.5, 11.7), "VAE": (28.5, 26.9, 31.3, 32.3), "β-VAE": (21.4, 9.2, 19.1, 11.4),
@@ -105,11 +136,16 @@ FIF_TABLE8 = {
 # ---------------------------------------------------------------------------------------------------- configs
 
 def method_block(spec: Spec) -> dict[str, Any]:
-    """The ``method`` mapping of the spec's paper config (its hyper-parameters), or the explicit one."""
-    if spec.method is not None:
+    """The ``method`` mapping of the spec's paper config (its hyper-parameters), updated by / or the explicit one."""
+    if spec.config is None:
         return dict(spec.method)
-    data = yaml.safe_load((CONFIGS / "paper" / f"{spec.config}.yaml").read_text())
-    return dict(data["method"])
+    block = dict(yaml.safe_load((CONFIGS / "paper" / f"{spec.config}.yaml").read_text())["method"])
+    for key, value in (spec.method or {}).items():  # None removes a key of the config's block
+        if value is None:
+            block.pop(key, None)
+        else:
+            block[key] = value
+    return block
 
 
 def base_overrides(exp: Experiment) -> list[str]:
@@ -137,6 +173,8 @@ def run_config(exp: Experiment, spec: Spec) -> Any:
     config = load_config(CONFIGS / "paper" / "kumar-mnist-ae.yaml", base_overrides(exp))
     data = config_to_dict(config)
     data["method"] = method_block(spec)
+    if spec.architecture is not None:  # DNF / Trumpet: their own invertible architecture, the same d
+        data["model"]["architecture"], data["model"]["options"] = spec.architecture[exp.scale]
     data["train"]["seed"] = exp.args.seed
     data["run"]["name"] = f"{NAME}-{data['method']['name']}"
     return config_from_dict(data)
@@ -281,7 +319,8 @@ def evaluate_method(spec: Spec, exp: Experiment, data: Any, bank: FeatureBank, n
         if not check:
             check.update(method=spec.label, set=name, **check_frechet(feats, bank.reference))
     rec = reconstruction_error(flow, data.test, exp.args.seed)
-    row = {"method": spec.label, "method_key": config.method["name"],
+    row = {"method": spec.label, "method_key": config.method["name"], "architecture": config.model.architecture,
+           "parameters": sum(p.numel() for p in flow.parameters() if p.requires_grad),
            "recon_fid": fids["reconstruction"], "prior_fid": fids["prior"], "gaussian_fid": fids["gaussian"],
            "gmm_fid": fids["gmm"], "test_recon_error": rec, "train_wall_s": round(train_s, 1),
            "eval_wall_s": round(time.perf_counter() - t0, 1), "steps": config.train.max_steps, "n_fid_samples": n}
@@ -302,6 +341,8 @@ def layout_rows(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
             "ours_gaussian": round(r["gaussian_fid"], 2), "ours_gmm": round(r["gmm_fid"], 2),
             "kumar_t1_rec": k[0], "kumar_t1_gaussian": k[1], "kumar_t1_gmm": k[2],
             "fif_t8_convnet_N": f[0], "fif_t8_convnet_gmm": f[1], "fif_t8_resnet_N": f[2], "fif_t8_resnet_gmm": f[3],
+            "fif_t2_celeba_N": FIF_TABLE2.get(r["method"], (None, None))[0],
+            "fif_t2_celeba_gmm": FIF_TABLE2.get(r["method"], (None, None))[1],
         })
     return out
 

@@ -693,6 +693,7 @@ def rectangular_flow_surrogate(
     grad_to: Literal["encoder", "decoder"] = "decoder",
     cg_tol: float = 1e-6,
     cg_max_iter: int | None = None,
+    through_latent: bool = False,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor | int]]:
     r"""Rectangular-flow surrogate (Caterini et al. 2021; FIF eq. 6) with conjugate gradient.
@@ -711,6 +712,13 @@ def rectangular_flow_surrogate(
     Only JVP/VJP products are used (each CG iteration costs one of each, on graphs built once); the CG solution is
     stop-gradient. As with :func:`volume_change_surrogate` the NLL is :math:`-\log p_Z(z) + s`.
 
+    ``through_latent=True`` (decoder side only) takes :math:`J` at ``z`` itself instead of ``z.detach()``, so the
+    gradient also flows through :math:`z = f(x)` into the encoder: the full gradient of
+    :math:`\tfrac12\log\det(J^\top J)|_{z=f(x)}`, as Caterini et al.'s rectangular flows compute it, where
+    :math:`f = \mathrm{slice}\circ w^{-1}` shares its parameters with :math:`g = w\circ\mathrm{pad}`
+    (:class:`injflow.methods.RectangularNF`). The default keeps the encoder out of this term (FIF eq. 4-6 take the
+    derivative with respect to the decoder's parameters only).
+
     Returns:
         ``(z, x_hat, surrogate, info)`` with ``info = {"cg_iterations": int, "cg_residual": (B,) relative
         residuals}``.
@@ -722,6 +730,8 @@ def rectangular_flow_surrogate(
             "jacobian_at='x_hat' only applies to grad_to='encoder': the decoder Jacobian is always taken at "
             "z = f(x); the on/off-manifold comparison of FIF table 6 concerns the encoder Jacobian"
         )
+    if through_latent and grad_to != "decoder":
+        raise ValueError("through_latent=True applies only to grad_to='decoder' (the decoder Jacobian at z = f(x))")
     _check_data(x)
     if grad_to == "decoder":
         _warn_fused_batchnorm(decode, path="the decoder-side rectangular-flow surrogate")
@@ -733,8 +743,11 @@ def rectangular_flow_surrogate(
     eps = sample_noise(x.shape[0], (d,), n_hutchinson, noise, dtype=z.dtype, device=z.device, generator=generator)
 
     if grad_to == "decoder":
-        point = z.detach().requires_grad_(True)
-        out = decode(point)  # graph for JᵀJ products; J at z.detach() keeps the encoder out of this term
+        if through_latent and z.requires_grad:
+            point, out = z, x_hat  # J at z = f(x) with its graph: the log-det gradient reaches the encoder too
+        else:
+            point = z.detach().requires_grad_(True)
+            out = decode(point)  # graph for JᵀJ products; J at z.detach() keeps the encoder out of this term
         decoder_jvp = reverse_jvp_operator(out, point, name="decode")
         gram = lambda v: vjp(out, point, decoder_jvp(v), name="decode")  # noqa: E731  JᵀJ v
         image = lambda v: decoder_jvp(v, create_graph=True)  # noqa: E731  J v, differentiable

@@ -1,13 +1,14 @@
 """Training objectives: one small dataclass per method, all behind :class:`Method` and a registry.
 
 Importing this package registers the built-in methods (``fif``, ``ae``, ``injflow_ln``, ``injflow``,
-``rectangular_flow``, ``exact``) and the baselines (``ae_l2``, ``ae_sn``, ``cae``, ``rae_l2``, ``rae_gp``, ``vae``,
-``beta_vae``, ``wae_mmd``).
+``rectangular_flow``, ``exact``), the baselines (``ae_l2``, ``ae_sn``, ``cae``, ``rae_l2``, ``rae_gp``, ``vae``,
+``beta_vae``, ``wae_mmd``) and the injective flows built from invertible blocks (``rnf``, ``dnf``, ``trumpet``).
 """
 
 from .ae import AE
 from .base import METHODS, Method, ModelLike, build_method, method_class, register_method
 from .fif import FIF
+from .invertible import DNF, RectangularNF, Trumpet
 from .kumar import InjFlow, InjFlowLn
 from .rectangular import ExactFlow, RectangularFlow
 from .regularised import AEL2, AESN, CAE, RAEGP, RAEL2
@@ -27,6 +28,9 @@ __all__ = [
     "VAE",
     "WAEMMD",
     "FIF",
+    "DNF",
+    "RectangularNF",
+    "Trumpet",
     "ExactFlow",
     "InjFlow",
     "InjFlowLn",

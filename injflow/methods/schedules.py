@@ -4,8 +4,9 @@ A config value for a schedulable weight is either a number (constant) or a mappi
 ``schedule`` key:
 
 * ``{schedule: linear, start: 20, end: 40}`` — linear from ``start`` at step 0 to ``end`` at the last
-  step (or at ``steps``, then held), as FIF's β in App. E.3; a run with a wall-clock budget
-  (``train.max_time``) goes from ``start`` to ``end`` over the budget instead;
+  step (or at ``steps``, then held), as FIF's β in App. E.3; with ``begin`` it holds ``start`` until that step
+  (a warm-up such as Caterini et al.'s likelihood weight, 0 → 1 between two epochs); a run with a wall-clock
+  budget (``train.max_time``) goes from ``start`` to ``end`` over the budget instead;
 * ``{schedule: penalty, start: 1, rate: 0.001, nu: 1.3}`` — :math:`\text{start} + \text{rate}\cdot i^\nu`,
   Kumar et al.'s penalty growth :math:`1 + i^\nu/1000` (§4);
 * ``{schedule: constant, value: 10}``.
@@ -50,23 +51,30 @@ class Constant(Schedule):
 
 @dataclass(frozen=True)
 class Linear(Schedule):
-    r"""Linear interpolation :math:`a + (b - a)\min(1, i / n)`, with :math:`n` = ``steps`` or the run's length.
+    r"""Linear interpolation :math:`a + (b - a)\,\mathrm{clip}\big((i - i_0) / (n - 1 - i_0), 0, 1\big)`.
 
-    Over a wall-clock budget (``progress`` given, ``steps`` not), the fraction is the spent share of the budget.
+    :math:`n` = ``steps`` or the run's length, :math:`i_0` = ``begin`` (default 0): ``start`` is held until step
+    ``begin``, ``end`` from step n − 1 on. Over a wall-clock budget (``progress`` given, ``steps`` not), the fraction
+    is the spent share of the budget.
+
+    Example:
+        >>> [Linear(0, 1, steps=5, begin=2)(i) for i in range(6)]
+        [0.0, 0.0, 0.0, 0.5, 1.0, 1.0]
     """
 
     start: float
     end: float
     steps: int | None = None
+    begin: int = 0
 
     def __call__(self, step: int, total_steps: int | None = None, progress: float | None = None) -> float:
         if self.steps is None and progress is not None:
             frac = min(1.0, max(0.0, float(progress)))
             return float(self.start + (self.end - self.start) * frac)
         n = self.steps if self.steps is not None else total_steps
-        if not n or n <= 1:
+        if not n or n - 1 <= self.begin:  # unknown length, or the ramp would start at or after the last step
             return float(self.start)
-        frac = min(1.0, max(0.0, step / (n - 1)))
+        frac = min(1.0, max(0.0, (step - self.begin) / (n - 1 - self.begin)))
         return float(self.start + (self.end - self.start) * frac)
 
     def bounds(self) -> tuple[float, float]:
@@ -135,5 +143,9 @@ def as_schedule(value: Any, key: str = "value") -> Schedule:
             raise ValueError(f"{key}.nu: the penalty grows as i^nu, so nu must be > 0, got {sched.nu}")
         if isinstance(sched, Penalty) and sched.rate < 0:
             raise ValueError(f"{key}.rate: a penalty weight grows, so rate must be >= 0, got {sched.rate}")
+        if isinstance(sched, Linear) and (isinstance(sched.begin, bool) or not isinstance(sched.begin, int) or sched.begin < 0):
+            raise ValueError(f"{key}.begin: must be an int >= 0, got {sched.begin!r}")
+        if isinstance(sched, Linear) and sched.steps is not None and sched.begin >= sched.steps - 1:
+            raise ValueError(f"{key}.begin: must be < steps - 1 = {sched.steps - 1}, got {sched.begin}")
         return sched
     raise ValueError(f"{key}: expected a number or a schedule mapping, got {value!r}")

@@ -27,6 +27,12 @@ __all__ = [
     "pythae_convnet_autoencoder",
     "pythae_resnet_autoencoder",
     "fif_convnet_autoencoder",
+    "Bijection",
+    "InjectiveEncoder",
+    "InjectiveDecoder",
+    "InjectiveFlowNet",
+    "injective_coupling_autoencoder",
+    "trumpet_autoencoder",
     "BatchNorm1d",
     "BatchNorm2d",
     "use_composite_batchnorm",
@@ -36,6 +42,14 @@ from .conv import ConvResBlock
 from .core import count_parameters
 from .dense import LatentResNet, MLP, ResBlock, mlp_autoencoder, tabular_autoencoder, toy_resnet_autoencoder
 from .fif_convnet import fif_convnet_autoencoder
+from .invertible import (
+    Bijection,
+    InjectiveDecoder,
+    InjectiveEncoder,
+    InjectiveFlowNet,
+    injective_coupling_autoencoder,
+    trumpet_autoencoder,
+)
 from .kumar import kumar_conv_autoencoder
 from .normalization import BatchNorm1d, BatchNorm2d, use_composite_batchnorm
 from .pythae import pythae_convnet_autoencoder, pythae_resnet_autoencoder

@@ -54,7 +54,7 @@ def count_parameters(*modules: nn.Module) -> int:
     r"""Counts the trainable parameters of one or more modules.
 
     Buffers (e.g. BatchNorm running statistics) are not parameters and are not counted, as in the
-    papers' tables.
+    papers' tables; a parameter shared by several modules counts once.
 
     Arguments:
         modules: The modules to count.
@@ -67,7 +67,9 @@ def count_parameters(*modules: nn.Module) -> int:
         8
     """
 
-    return sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad)
+    # Each parameter once: an injective flow's encoder and decoder share theirs (injflow.nets.invertible).
+    unique = {id(p): p for m in modules for p in m.parameters() if p.requires_grad}
+    return sum(p.numel() for p in unique.values())
 
 
 class Flatten(nn.Module):

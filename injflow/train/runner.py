@@ -247,6 +247,13 @@ def new_run_dir(config: Config) -> Path:
 # --------------------------------------------------------------------------- 1. prepare
 
 
+def _estimated_steps(config: Config, n_train: int) -> int:
+    t = config.train
+    per_epoch = n_train // config.data.batch_size if config.data.drop_last else -(-n_train // config.data.batch_size)
+    steps = t.max_epochs * max(per_epoch, 1)
+    return min(steps, t.max_steps) if t.max_steps != -1 else steps
+
+
 def _dry_run(flow: InjectiveFlow, method: Any, data: RunData, *, batch_size: int) -> dict[str, Tensor]:
     """One loss evaluation on the first rows, leaving weights, buffers and the RNG exactly as they were."""
     n = min(data.train.shape[0], batch_size, 16)
@@ -382,14 +389,18 @@ def prepare_run(
     param = next(flow.parameters(), None)
     data = check_run_data(data, dtype=param.dtype if param is not None else torch.float32,
                           conditional=flow.conditional)
+    method.total_steps = _estimated_steps(config, data.train.shape[0])  # the engine sets the exact one at the start
     try:
         terms = _dry_run(flow, method, data, batch_size=config.data.batch_size)
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         if isinstance(e, InjflowError):
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"the model cannot process the data (samples of shape {data.data_shape}, "
-                        f"model built for {flow.data_shape}): {type(e).__name__}: {first}") from None
+        raise DataError(f"one loss evaluation on the first rows failed before training ({type(e).__name__}: {first}); "
+                        f"the data have samples of shape {data.data_shape}, the model was built for "
+                        f"{flow.data_shape}") from None
+    finally:
+        method.total_steps = None
     bad = [k for k, v in terms.items() if not torch.isfinite(v).all()]
     if bad:
         peak = float(data.train.abs().max())
