@@ -866,8 +866,9 @@ def decoder_jacobian(decode: Function, z: Tensor, *, chunk_size: int | None = No
 
     Vectorised by expanding the batch: a chunk of c latent directions is one forward pass on c copies of the
     batch with one-hot tangents (copies leave BatchNorm batch statistics unchanged). Differentiable w.r.t. the
-    decoder parameters and z while gradients are enabled. With BatchNorm in training mode the result includes
-    the batch coupling; use eval mode for per-sample Jacobians.
+    decoder parameters and z while gradients are enabled. With BatchNorm in *training* mode the result is not a
+    per-sample Jacobian: every sample of a copy moves in the same direction, so the batch statistics absorb part
+    of the shift (all of it right after a linear layer), and the result depends on ``chunk_size``. Use eval mode.
     """
     if z.ndim != 2:
         raise ValueError(f"z must have shape (B, d), got {tuple(z.shape)}")
