@@ -9,6 +9,7 @@ Usage:
     python benchmarks/step_time.py --device cuda --rounds 50
     python benchmarks/step_time.py --nets mlp --variants ae,fif-mixed-k1 --markdown out.md
     python benchmarks/step_time.py --compile --nets mlp   # torch.func + torch.compile FIF against compiled AE
+    python benchmarks/step_time.py --threads 1 --variants ae,fif-mixed-k1,fif-mixed-k1@c779632 --baseline-rev c779632
 
 A step is ``zero_grad; loss(x).backward(); Adam.step()`` in float32 with the nets in training mode.
 """
@@ -26,17 +27,20 @@ if "--compile" in sys.argv:
 
 import argparse
 import json
-import platform
-import statistics
-import time
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import Tensor, nn
 
 from injflow import estimators as E
 from injflow.nets import build_autoencoder, count_parameters
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared harness beside this script
+from harness import load_average, machine, paired_ratio, time_interleaved  # noqa: E402
 
 BETA = 10.0
 
@@ -74,15 +78,37 @@ def reconstruction(x: Tensor, x_hat: Tensor) -> Tensor:
     return (x_hat - x).pow(2).flatten(1).sum(1)
 
 
-def variants(bench: Bench) -> dict[str, Callable[[Tensor], Tensor]]:
+def estimators_at(rev: str) -> ModuleType:
+    """``injflow/estimators.py`` as of git revision ``rev``, as a module: the FIF steps of an earlier version can
+    then be timed against the current ones in the same process (interleaved), which is how "before/after" ratios
+    are measured on a shared machine."""
+    repo = Path(__file__).resolve().parents[1]
+    source = subprocess.run(["git", "show", f"{rev}:injflow/estimators.py"], cwd=repo, capture_output=True,
+                            text=True, check=True).stdout
+    module = ModuleType(f"injflow_estimators_at_{rev}")
+    exec(compile(source, f"{rev}:injflow/estimators.py", "exec"), module.__dict__)
+    return module
+
+
+def fif_variants(bench: Bench, estimators: ModuleType = E, suffix: str = "") -> dict[str, Callable[[Tensor], Tensor]]:
+    """``fif-<mode>-k<K><suffix>``: the FIF loss of ``estimators`` (this checkout's by default), K = 1, 2, 4."""
+    f, g = bench.encoder, bench.decoder
+    return {
+        f"fif-{mode}-k{k}{suffix}": (
+            lambda x, mode=mode, k=k: estimators.fif_loss(x, f, g, beta=BETA, n_hutchinson=k, mode=mode)["loss"].mean()
+        )
+        for mode in ("mixed", "forward", "backward")
+        for k in (1, 2, 4)
+    }
+
+
+def variants(bench: Bench, baseline_rev: str | None = None) -> dict[str, Callable[[Tensor], Tensor]]:
     f, g = bench.encoder, bench.decoder
     out: dict[str, Callable[[Tensor], Tensor]] = {}
     out["ae"] = lambda x: reconstruction(x, g(f(x))).mean()
-    for mode in ("mixed", "forward", "backward"):
-        for k in (1, 2, 4):
-            out[f"fif-{mode}-k{k}"] = (
-                lambda x, mode=mode, k=k: E.fif_loss(x, f, g, beta=BETA, n_hutchinson=k, mode=mode)["loss"].mean()
-            )
+    out.update(fif_variants(bench))
+    if baseline_rev:
+        out.update(fif_variants(bench, estimators_at(baseline_rev), f"@{baseline_rev}"))
 
     def injflow(x: Tensor, jacobian: str) -> Tensor:
         t = E.injflow_ln_terms(x, f, g, jacobian=jacobian)
@@ -201,11 +227,23 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run(bench: Bench, names: list[str] | None, rounds: int, warmup: int, device: torch.device, compiled: bool = False) -> dict[str, dict]:
+def run(
+    bench: Bench,
+    names: list[str] | None,
+    rounds: int,
+    warmup: int,
+    device: torch.device,
+    compiled: bool = False,
+    measure_saved: bool = True,
+    baseline_rev: str | None = None,
+) -> dict[str, dict]:
+    """Times the variants ``names`` (plus ``ae``) of ``bench`` interleaved; ``measure_saved`` adds one step per variant
+    to count the tensors saved for backward; ``baseline_rev`` adds ``fif-*@REV`` variants, the FIF loss of
+    ``injflow/estimators.py`` at that git revision."""
     params = list(bench.encoder.parameters()) + list(bench.decoder.parameters())
     # A tiny learning rate keeps the nets where they started, so every variant times the same function.
     optimizer = torch.optim.Adam(params, lr=1e-8)
-    losses = variants(bench)
+    losses = variants(bench, baseline_rev)
     if compiled:
         names = ["ae", "fif-mixed-k1", "fif-mixed-k4"]
     if names:
@@ -227,36 +265,29 @@ def run(bench: Bench, names: list[str] | None, rounds: int, warmup: int, device:
 
     memory: dict[str, float] = {}
     saved: dict[str, float] = {}
-    for name, step in steps.items():
-        for _ in range(warmup):
-            step()
-        saved[name] = saved_tensor_mib(step)
+
+    def measure_memory(name: str) -> None:
+        saved[name] = saved_tensor_mib(steps[name]) if measure_saved else float("nan")
         if device.type == "cuda":
             synchronize(device)
             optimizer.zero_grad(set_to_none=True)
             base = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
-            step()
+            steps[name]()
             synchronize(device)
             memory[name] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, step in steps.items():
-            synchronize(device)
-            start = time.perf_counter()
-            step()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
-
-    ae = statistics.median(times["ae"])
+    times = time_interleaved(steps, rounds=rounds, warmup=warmup, synchronize=lambda: synchronize(device),
+                             after_warmup=measure_memory)
     results = {}
-    for name, ts in times.items():
-        median = statistics.median(ts)
+    for name, timing in times.items():
+        ratio, q1, q3 = paired_ratio(timing, times["ae"])
         results[name] = {
-            "median_ms": 1e3 * median,
-            "ratio": median / ae,
-            "iqr_ms": 1e3 * (statistics.quantiles(ts, n=4)[2] - statistics.quantiles(ts, n=4)[0]) if len(ts) > 1 else 0.0,
+            "median_ms": 1e3 * timing.median,
+            "ratio": timing.median / times["ae"].median,
+            "iqr_ms": 1e3 * timing.iqr,
+            "paired_ratio": ratio,
+            "paired_ratio_iqr": (q1, q3),
         }
         results[name]["saved_mib"] = saved[name]
         results[name]["saved_ratio"] = saved[name] / saved["ae"]
@@ -266,18 +297,6 @@ def run(bench: Bench, names: list[str] | None, rounds: int, warmup: int, device:
     return results
 
 
-def machine(device: torch.device, threads: int) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {threads} threads, torch {torch.__version__}"
-
-
 def markdown(all_results: dict[str, dict], benches: list[Bench], header: str) -> str:
     lines = [header, ""]
     for bench in benches:
@@ -285,12 +304,13 @@ def markdown(all_results: dict[str, dict], benches: list[Bench], header: str) ->
         n_params = count_parameters(bench.encoder) + count_parameters(bench.decoder)
         lines += [f"**{bench.description}** ({n_params / 1e6:.2f}M parameters)", ""]
         has_memory = any("peak_mib" in r for r in results.values())
-        cols = "| variant | median step (ms) | IQR (ms) | × AE step | saved for backward (MiB) | × AE |"
+        cols = "| variant | median step (ms) | IQR (ms) | × AE step (paired, IQR) | saved for backward (MiB) | × AE |"
         cols += " peak step memory (MiB) | × AE memory |" if has_memory else ""
         lines += [cols, "|" + "---|" * (cols.count("|") - 1)]
         for name, r in results.items():
             saved = f"{r['saved_mib']:.1f} | {r['saved_ratio']:.2f}" if r["saved_mib"] > 0 else "n/a (no autograd graph) | n/a"
-            row = f"| {name} | {r['median_ms']:.1f} | {r['iqr_ms']:.1f} | {r['ratio']:.2f} | {saved} |"
+            q1, q3 = r["paired_ratio_iqr"]
+            row = f"| {name} | {r['median_ms']:.1f} | {r['iqr_ms']:.1f} | {r['paired_ratio']:.2f} ({q1:.2f}–{q3:.2f}) | {saved} |"
             if has_memory:
                 row += f" {r.get('peak_mib', float('nan')):.0f} | {r.get('memory_ratio', float('nan')):.2f} |"
             lines.append(row)
@@ -307,6 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="add torch.func + torch.compile FIF and AE steps")
+    parser.add_argument("--baseline-rev", help="also time fif-*@REV: the FIF loss of injflow/estimators.py at git REV")
     parser.add_argument("--markdown", help="write the table here")
     parser.add_argument("--json", help="write raw results here")
     args = parser.parse_args(argv)
@@ -319,12 +340,15 @@ def main(argv: list[str] | None = None) -> None:
     all_results = {}
     for bench in benches:
         print(f"== {bench.description}", flush=True)
-        all_results[bench.name] = run(bench, names, args.rounds, args.warmup, device, compiled=args.compile)
+        all_results[bench.name] = run(bench, names, args.rounds, args.warmup, device, compiled=args.compile,
+                                      baseline_rev=args.baseline_rev)
         for name, r in all_results[bench.name].items():
             extra = f"  saved {r['saved_mib']:.1f} MiB ({r['saved_ratio']:.2f}x)"
             extra += f"  peak {r['peak_mib']:.0f} MiB ({r['memory_ratio']:.2f}x)" if "peak_mib" in r else ""
-            print(f"  {name:22s} {r['median_ms']:9.1f} ms  {r['ratio']:5.2f}x{extra}", flush=True)
-    header = f"Machine: {machine(device, args.threads)}; {args.rounds} interleaved rounds after {args.warmup} warm-up steps."
+            q1, q3 = r["paired_ratio_iqr"]
+            print(f"  {name:22s} {r['median_ms']:9.1f} ms  {r['paired_ratio']:5.2f}x ({q1:.2f}-{q3:.2f}){extra}", flush=True)
+    header = (f"Machine: {machine(device, args.threads)}; {args.rounds} interleaved rounds after {args.warmup} warm-up "
+              f"steps; load average {load_average()} at the end.")
     table = markdown(all_results, benches, header)
     print(table)
     if args.markdown:

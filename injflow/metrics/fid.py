@@ -4,7 +4,8 @@ r"""FID (Heusel et al. 2017): the Fréchet distance between Gaussian fits of Inc
 
 where :math:`(\mu_r, \Sigma_r)` and :math:`(\mu_g, \Sigma_g)` are the mean and covariance of the 2048-d features
 of the reference images and of the generated (or reconstructed) images
-(:func:`~injflow.metrics.frechet.frechet_distance`, :func:`scipy.linalg.sqrtm`, float64).
+(:func:`~injflow.metrics.frechet.frechet_distance`: exact, float64, one symmetric eigenvalue problem instead of a
+matrix square root).
 
 Features are extracted in batches on the extractor's device with a progress bar (:func:`extract_features`).
 The reference statistics of a data split are computed once and cached on disk (:class:`ReferenceStatsCache`):
@@ -139,7 +140,8 @@ def _tensor_digest(x: Tensor) -> str:
 
 
 class ReferenceStatsCache:
-    """On-disk cache of reference feature statistics (mean, covariance, n), one ``.npz`` per data split.
+    """On-disk cache of reference feature statistics (mean, covariance, n, and the low-rank factor when n ≤ p), one
+    ``.npz`` per data split.
 
     File name: ``<label>-n<N>-<key[:16]>.npz`` in ``root`` (default :func:`default_cache_dir`), where ``label`` is
     a readable name (e.g. ``mnist-test``) and ``key`` = SHA-256 of (reference tensor bytes, shape, dtype, extractor
@@ -172,14 +174,17 @@ class ReferenceStatsCache:
         path = self.path(images, extractor, label=label)
         if path.is_file():
             with np.load(path, allow_pickle=False) as blob:
-                return GaussianFit(blob["mean"], blob["cov"], int(blob["n"])), True
+                factor = blob["factor"] if "factor" in blob.files else None
+                return GaussianFit(blob["mean"], blob["cov"], int(blob["n"]), factor), True
         options.setdefault("desc", f"FID reference ({label})")
         stats = feature_stats(images, extractor, **options)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
         try:
+            # The low-rank factor (kept for n <= p) is stored too, so a cached fit takes the same exact path.
+            extra = {} if stats.factor is None else {"factor": stats.factor}
             np.savez(tmp, mean=stats.mean, cov=stats.cov, n=np.int64(stats.n),
-                     identity=np.str_(getattr(extractor, "identity")), label=np.str_(label))
+                     identity=np.str_(getattr(extractor, "identity")), label=np.str_(label), **extra)
             os.replace(tmp, path)
         finally:
             if tmp.exists():
