@@ -238,7 +238,7 @@ class OptimConfig:
         _try_scheduler(self)
 
 
-def _try_scheduler(optim: "OptimConfig") -> None:
+def _try_scheduler(optim: OptimConfig) -> None:
     """Builds the LR scheduler once on a stand-in optimiser, so bad option values fail now, not after the run starts."""
     import torch
 

@@ -101,7 +101,7 @@ class LatentDistribution(nn.Module):
 
     name: str = "base"
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int) -> None:
         super().__init__()
         if int(dim) < 1:
             raise ValueError(f"latent dimension must be >= 1, got {dim}")
@@ -142,7 +142,7 @@ class IsotropicNormal(LatentDistribution):
 
     name = "isotropic_normal"
 
-    def __init__(self, dim: int, sigma: float = 1.0):
+    def __init__(self, dim: int, sigma: float = 1.0) -> None:
         super().__init__(dim)
         if not float(sigma) > 0:
             raise ValueError(f"sigma must be > 0, got {sigma}")
@@ -174,7 +174,7 @@ class StandardNormal(IsotropicNormal):
 
     name = "normal"
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int) -> None:
         super().__init__(dim, sigma=1.0)
 
     def spec(self) -> dict[str, Any]:
@@ -209,7 +209,7 @@ class StudentT(LatentDistribution):
 
     name = "student_t"
 
-    def __init__(self, dim: int, df: float = 5.0, scale: float = 1.0):
+    def __init__(self, dim: int, df: float = 5.0, scale: float = 1.0) -> None:
         super().__init__(dim)
         if not float(df) > 0:
             raise ValueError(f"df must be > 0, got {df}")
@@ -263,7 +263,7 @@ class FullCovarianceGaussian(LatentDistribution):
 
     name = "gaussian"
 
-    def __init__(self, mean: Tensor, covariance: Tensor, scale_tril: Tensor | None = None):
+    def __init__(self, mean: Tensor, covariance: Tensor, scale_tril: Tensor | None = None) -> None:
         mean = torch.as_tensor(mean)
         super().__init__(mean.shape[-1])
         covariance = torch.as_tensor(covariance)
@@ -313,7 +313,7 @@ class GaussianMixture(LatentDistribution):
 
     name = "gmm"
 
-    def __init__(self, weights: Tensor, means: Tensor, covariances: Tensor, scale_tril: Tensor | None = None):
+    def __init__(self, weights: Tensor, means: Tensor, covariances: Tensor, scale_tril: Tensor | None = None) -> None:
         means = torch.as_tensor(means)
         super().__init__(means.shape[-1])
         weights = torch.as_tensor(weights).to(means)

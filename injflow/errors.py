@@ -76,7 +76,7 @@ class NonFiniteStateError(NonFiniteLossError):
 class RunInterrupted(InjflowError):
     """Training was stopped by a signal (SIGTERM, SIGINT) after saving a resumable checkpoint."""
 
-    def __init__(self, message: str, *, signal_number: int):
+    def __init__(self, message: str, *, signal_number: int) -> None:
         super().__init__(message)
         self.signal_number = int(signal_number)
         self.exit_code = 128 + self.signal_number

@@ -87,7 +87,7 @@ class InjectiveFlow(nn.Module):
         data_kind: str | None = None,
         image_shape: tuple[int, ...] | None = None,
         num_classes: int | None = None,
-    ):
+    ) -> None:
         super().__init__()
         if latent is None:
             if latent_dim is None:
@@ -114,7 +114,7 @@ class InjectiveFlow(nn.Module):
 
     def describe_data(
         self, data_shape: tuple[int, ...] | None, *, data_kind: str | None = None, image_shape: tuple[int, ...] | None = None
-    ) -> "InjectiveFlow":
+    ) -> InjectiveFlow:
         """Sets what one sample looks like (shape, kind, image shape of flat image data); checks they agree."""
         if data_shape is None:
             if data_kind is not None or image_shape is not None:
@@ -148,7 +148,7 @@ class InjectiveFlow(nn.Module):
         image_shape: tuple[int, ...] | None = None,
         num_classes: int | None = None,
         prepare: bool = True,
-    ) -> "InjectiveFlow":
+    ) -> InjectiveFlow:
         """Builds the nets and latent a config describes (a :class:`~injflow.config.Config`, dict or YAML path).
 
         Arguments:
@@ -322,7 +322,7 @@ class InjectiveFlow(nn.Module):
         seed: int = 0,
         c: Tensor | None = None,
         max_points: int | None = MAX_SAMPLER_POINTS,
-    ) -> "InjectiveFlow":
+    ) -> InjectiveFlow:
         """Fits post-fit latent samplers on the encoded training data (Kumar et al. 2020, §2.2.1).
 
         Every caller (``fit``, ``evaluate``, ``sample``) goes through here, so a run's samplers are the same
@@ -443,7 +443,7 @@ class InjectiveFlow(nn.Module):
 
     @classmethod
     def _rebuild(cls, info: dict[str, Any], source: Path, encoder: nn.Module | None, decoder: nn.Module | None,
-                 latent: LatentDistribution | None = None) -> "InjectiveFlow":
+                 latent: LatentDistribution | None = None) -> InjectiveFlow:
         """A model with the architecture ``info`` describes (from its config, or the given custom modules)."""
         shape = info.get("data_shape")
         options = dict(data_shape=None if shape is None else tuple(shape), data_kind=info.get("data_kind"),
@@ -471,7 +471,7 @@ class InjectiveFlow(nn.Module):
         flow.finalized = bool(info.get("finalized"))
         return flow
 
-    def load_nets(self, state: dict[str, Tensor], *, source: str | Path, prefix: str = "") -> "InjectiveFlow":
+    def load_nets(self, state: dict[str, Tensor], *, source: str | Path, prefix: str = "") -> InjectiveFlow:
         """Loads encoder/decoder(/latent) weights from ``state`` (keys under ``prefix``); a mismatch names ``source``.
 
         Post-fit sampler entries are ignored (they are fitted after training and saved in ``model.pt``).
@@ -497,7 +497,7 @@ class InjectiveFlow(nn.Module):
     @classmethod
     def load(
         cls, path: str | Path, *, encoder: nn.Module | None = None, decoder: nn.Module | None = None, map_location: Any = "cpu"
-    ) -> "InjectiveFlow":
+    ) -> InjectiveFlow:
         """Loads a model saved by :meth:`save`. Nets are rebuilt from the saved config unless given.
 
         Arguments:
@@ -531,7 +531,7 @@ class InjectiveFlow(nn.Module):
     @classmethod
     def load_from_checkpoint(
         cls, path: str | Path, *, encoder: nn.Module | None = None, decoder: nn.Module | None = None, map_location: Any = "cpu"
-    ) -> "InjectiveFlow":
+    ) -> InjectiveFlow:
         """The model inside a training checkpoint (``last.ckpt``/``best.ckpt``); needs nothing else.
 
         Checkpoints carry the config, data shape and kind (see :meth:`describe`); post-fit samplers are not in
@@ -562,7 +562,7 @@ def _latent_dim(info: dict[str, Any]) -> int | None:
 class _Label:
     """A conditional model with one class for every row, whatever the batch (for Jacobian code that reshapes)."""
 
-    def __init__(self, flow: InjectiveFlow, k: int):
+    def __init__(self, flow: InjectiveFlow, k: int) -> None:
         self.flow, self.k = flow, k
         self.latent = flow.latent
 
@@ -583,7 +583,7 @@ class _Given:
     whole batch, so a batch of m·B rows gets the labels repeated m times.
     """
 
-    def __init__(self, flow: InjectiveFlow, c: Tensor):
+    def __init__(self, flow: InjectiveFlow, c: Tensor) -> None:
         self.flow, self.c = flow, c
         self.latent = flow.latent
 

@@ -44,7 +44,7 @@ class Registry(Generic[T]):
         normalise: Maps a user-given name to its registry key (default: unchanged).
     """
 
-    def __init__(self, kind: str, *, reserved: tuple[str, ...] = (), normalise: Callable[[str], str] | None = None):
+    def __init__(self, kind: str, *, reserved: tuple[str, ...] = (), normalise: Callable[[str], str] | None = None) -> None:
         self.kind = kind
         self.reserved = tuple(reserved)
         self._normalise = normalise or (lambda name: name)

@@ -49,11 +49,11 @@ class RunLock:
     The kernel drops the lock when its process dies (even on ``kill -9``), so a lock is never stale.
     """
 
-    def __init__(self, path: Path, purpose: str):
+    def __init__(self, path: Path, purpose: str) -> None:
         self.path, self.purpose = path, purpose
         self._fd: int | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,7 +94,7 @@ class RunLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire() if self._fd is None else self
 
     def __exit__(self, *exc: Any) -> None:
@@ -116,7 +116,7 @@ class RunDir:
     STATUS = "status.json"
     MODEL = "model.pt"
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.config = self.path / self.CONFIG
         self.status_file = self.path / self.STATUS
@@ -144,7 +144,7 @@ class RunDir:
         """Whether the folder holds a run written by ``injflow fit`` (it has ``config.yaml``)."""
         return self.config.is_file()
 
-    def require_run(self) -> "RunDir":
+    def require_run(self) -> RunDir:
         """``self``, or :class:`~injflow.errors.RunFolderError` when the folder is not a run folder."""
         if not self.path.is_dir():
             raise RunFolderError(f"{self.path} does not exist: give a run folder written by `injflow fit`")

@@ -79,7 +79,7 @@ class InjectiveFlowEstimator(TransformerMixin, BaseEstimator):
         run_dir: str | None = None,
         overrides: tuple[str, ...] = (),
         verbose: bool = False,
-    ):
+    ) -> None:
         self.latent_dim = latent_dim
         self.method = method
         self.beta = beta
@@ -97,7 +97,7 @@ class InjectiveFlowEstimator(TransformerMixin, BaseEstimator):
     # ------------------------------------------------------------------ fitting
 
     def _config(self) -> Any:
-        from .config import config_from_dict, apply_overrides
+        from .config import apply_overrides, config_from_dict
         from .methods import METHODS
 
         method: dict[str, Any] = {"name": self.method}
@@ -116,7 +116,7 @@ class InjectiveFlowEstimator(TransformerMixin, BaseEstimator):
         }
         return config_from_dict(apply_overrides(data, list(self.overrides)))
 
-    def fit(self, X: Any, y: Any = None) -> "InjectiveFlowEstimator":
+    def fit(self, X: Any, y: Any = None) -> InjectiveFlowEstimator:
         """Trains on the rows of ``X`` (``y`` is ignored); returns ``self``."""
         from .train.runner import RunData, fit_config
 

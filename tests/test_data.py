@@ -19,12 +19,13 @@ from injflow.data import (
     DataSplits,
     available_datasets,
     dataset_options,
+    images,
     iterate_batches,
     load_dataset,
     principal_angles,
+    tabular,
     validate_data,
 )
-from injflow.data import images, tabular
 from injflow.data.download import MissingDataError
 from injflow.data.formats import read_array_pickle, read_idx
 from injflow.data.splits import seeded_generator

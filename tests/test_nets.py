@@ -14,7 +14,6 @@ import injflow.nets.fif_convnet
 import injflow.nets.kumar
 import injflow.nets.pythae
 import injflow.nets.registry
-
 from injflow.nets import (
     architecture_options,
     available_architectures,

@@ -30,7 +30,6 @@ from injflow.errors import (
     DataError,
     NonFiniteLossError,
     RunLockedError,
-    UnfinishedRunError,
     UnsafeFileError,
     WriteError,
 )

@@ -433,7 +433,7 @@ def load_celeba(
     require_files("CelebA", [base / "list_eval_partition.txt"], download=download, fetcher=None, how=how)
     arrays = _celeba_arrays(base, cache)
     if any(arrays[k].shape[0] == 0 for k in range(3)):
-        raise ValueError(f"CelebA: list_eval_partition.txt must list images of all three splits (0, 1, 2)")
+        raise ValueError("CelebA: list_eval_partition.txt must list images of all three splits (0, 1, 2)")
     n_val = check_count("n_val", n_val, allow_none=True)
     val_idx, _ = take_subset(torch.arange(arrays[1].shape[0]).unsqueeze(1), n_val, seeded_generator(seed, 31))
     val_idx = val_idx.squeeze(1).numpy()

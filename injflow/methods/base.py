@@ -15,7 +15,8 @@ validator reads their names, types and defaults) and register themselves with :f
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar, Protocol
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
 
 from torch import Tensor
 
@@ -36,10 +37,10 @@ class ModelLike(Protocol):
 
 
 #: Registered methods by config name.
-METHODS: Registry[type["Method"]] = Registry("method")
+METHODS: Registry[type[Method]] = Registry("method")
 
 
-def register_method(name: str) -> Callable[[type["Method"]], type["Method"]]:
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     """Class decorator registering a :class:`Method` under a config name.
 
     Example:
@@ -51,7 +52,7 @@ def register_method(name: str) -> Callable[[type["Method"]], type["Method"]]:
         ...         return {"loss": r, "reconstruction": r}
     """
 
-    def deco(cls: type["Method"]) -> type["Method"]:
+    def deco(cls: type[Method]) -> type[Method]:
         if not dataclasses.is_dataclass(cls):
             raise TypeError(f"method {cls.__name__} must be a dataclass")
         cls.name = name
@@ -60,12 +61,12 @@ def register_method(name: str) -> Callable[[type["Method"]], type["Method"]]:
     return deco
 
 
-def method_class(name: str) -> type["Method"]:
+def method_class(name: str) -> type[Method]:
     """The method class registered under ``name``."""
     return METHODS[name]
 
 
-def build_method(name: str, **options: Any) -> "Method":
+def build_method(name: str, **options: Any) -> Method:
     """Builds a registered method from its keyword options (validated by the dataclass)."""
     return METHODS.build(name, **options)
 
@@ -117,7 +118,7 @@ class Method:
         """Optionally turns a trained model into plain nets, undoing :meth:`prepare`; default: nothing."""
 
     def loss(self, batch: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:
-        """The loss terms for one batch.
+        r"""The loss terms for one batch.
 
         Arguments:
             batch: Data, shape ``(B, *data_shape)``.

@@ -55,14 +55,14 @@ class GaussianEncoder(nn.Module):
         [torch.Size([4, 2]), torch.Size([4, 2])]
     """
 
-    def __init__(self, mean_net: nn.Module, log_variance_net: nn.Module, *, attached: bool = False):
+    def __init__(self, mean_net: nn.Module, log_variance_net: nn.Module, *, attached: bool = False) -> None:
         super().__init__()
         self.mean_net = mean_net
         self.log_variance_net = log_variance_net
         self.attached = attached
 
     @classmethod
-    def around(cls, encoder: nn.Module, latent_dim: int) -> "GaussianEncoder":
+    def around(cls, encoder: nn.Module, latent_dim: int) -> GaussianEncoder:
         """Wraps ``encoder`` with a re-initialised copy of it plus a zero-initialised d×d head as log-variance net."""
         body = copy.deepcopy(encoder)
         for m in body.modules():

@@ -23,8 +23,9 @@ engine logs like any other term (base.py: per-sample (B,) or scalar tensors). Py
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor

@@ -19,7 +19,6 @@ Chromium and returns a screenshot plus the count of images that decoded.
 from __future__ import annotations
 
 import base64
-import csv
 import hashlib
 import html
 import json
@@ -220,7 +219,7 @@ def _md_table(head: list[str], body: list[list[str]]) -> str:
 class _Page:
     """Builds the HTML and Markdown side by side; pictures are embedded (HTML) and copied (Markdown)."""
 
-    def __init__(self, out_dir: Path):
+    def __init__(self, out_dir: Path) -> None:
         self.h: list[str] = []
         self.m: list[str] = []
         self.files = out_dir / "report_files"

@@ -40,7 +40,7 @@ __all__ = [
 
 from .conv import ConvResBlock
 from .core import count_parameters
-from .dense import LatentResNet, MLP, ResBlock, mlp_autoencoder, tabular_autoencoder, toy_resnet_autoencoder
+from .dense import MLP, LatentResNet, ResBlock, mlp_autoencoder, tabular_autoencoder, toy_resnet_autoencoder
 from .fif_convnet import fif_convnet_autoencoder
 from .invertible import (
     Bijection,

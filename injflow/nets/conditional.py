@@ -39,7 +39,7 @@ class ConditionalEncoder(nn.Module):
         num_classes: K.
     """
 
-    def __init__(self, net: nn.Module, data_shape: tuple[int, ...], num_classes: int):
+    def __init__(self, net: nn.Module, data_shape: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
         self.net = net
         self.data_shape = tuple(data_shape)
@@ -58,7 +58,7 @@ class ConditionalDecoder(nn.Module):
         num_classes: K.
     """
 
-    def __init__(self, net: nn.Module, num_classes: int):
+    def __init__(self, net: nn.Module, num_classes: int) -> None:
         super().__init__()
         self.net = net
         self.num_classes = int(num_classes)

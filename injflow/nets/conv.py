@@ -2,12 +2,12 @@ r"""Convolutional building blocks shared by the image architectures."""
 
 __all__ = ["conv_block", "ConvResBlock", "Crop", "select_variant"]
 
+from collections.abc import Mapping, Sequence
+from typing import TypeVar
+
 import torch  # noqa: F401 (used by the examples)
 import torch.nn as nn
-
-from collections.abc import Mapping, Sequence
 from torch import Tensor
-from typing import TypeVar
 
 from .core import make_activation
 from .normalization import BatchNorm2d
@@ -68,7 +68,7 @@ class ConvResBlock(nn.Module):
         torch.Size([2, 128, 4, 4])
     """
 
-    def __init__(self, channels: int = 128, hidden_channels: int = 32):
+    def __init__(self, channels: int = 128, hidden_channels: int = 32) -> None:
         super().__init__()
 
         self.branch = nn.Sequential(
@@ -96,7 +96,7 @@ class Crop(nn.Module):
         torch.Size([1, 3, 7, 7])
     """
 
-    def __init__(self, left: int, right: int, top: int, bottom: int):
+    def __init__(self, left: int, right: int, top: int, bottom: int) -> None:
         super().__init__()
 
         self.sides = (left, right, top, bottom)

@@ -11,11 +11,10 @@ __all__ = [
 ]
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
-
-from collections.abc import Callable, Sequence
 from torch import Tensor
 
 #: Activation names accepted by the ``activation`` option of the dense nets.
@@ -95,7 +94,7 @@ class Unflatten(nn.Module):
         torch.Size([2, 1, 4, 4])
     """
 
-    def __init__(self, shape: Sequence[int]):
+    def __init__(self, shape: Sequence[int]) -> None:
         super().__init__()
 
         self.shape = tuple(int(s) for s in shape)

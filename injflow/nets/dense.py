@@ -14,10 +14,10 @@ __all__ = [
     "tabular_autoencoder",
 ]
 
+from collections.abc import Sequence
+
 import torch  # noqa: F401 (used by the examples)
 import torch.nn as nn
-
-from collections.abc import Sequence
 from torch import Tensor
 
 from .core import Flatten, Unflatten, make_activation, numel
@@ -60,7 +60,7 @@ class MLP(nn.Sequential):
         out_features: int,
         hidden_features: int | Sequence[int] = (256, 256),
         activation: str = "silu",
-    ):
+    ) -> None:
         widths = (in_features, *_widths(hidden_features), out_features)
 
         layers = []
@@ -97,7 +97,7 @@ class ResBlock(nn.Module):
         features: int,
         hidden_features: int | Sequence[int] = (256, 256),
         activation: str = "silu",
-    ):
+    ) -> None:
         super().__init__()
 
         self.branch = MLP(features, features, hidden_features, activation)
@@ -127,7 +127,7 @@ class LatentResNet(nn.Sequential):
         n_blocks: int = 2,
         hidden_features: int | Sequence[int] = (256, 256),
         activation: str = "silu",
-    ):
+    ) -> None:
         if not isinstance(n_blocks, int) or isinstance(n_blocks, bool) or n_blocks < 0:
             raise ValueError(f"n_blocks must be a non-negative int, got {n_blocks!r}")
 

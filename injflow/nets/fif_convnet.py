@@ -7,10 +7,10 @@ References:
 
 __all__ = ["fif_convnet_autoencoder"]
 
+from collections.abc import Sequence
+
 import torch  # noqa: F401 (used by the examples)
 import torch.nn as nn
-
-from collections.abc import Sequence
 
 from .conv import conv_block, select_variant
 from .core import Flatten, Unflatten

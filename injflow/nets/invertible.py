@@ -48,7 +48,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 import zuko
-
 from torch import Tensor
 
 from .core import ACTIVATIONS, numel
@@ -105,7 +104,7 @@ class Bijection(nn.Module):
         bins: int = 8,
         bound: float = 5.0,
         activation: str = "relu",
-    ):
+    ) -> None:
         super().__init__()
         self.features = _positive_int(features, "features")
         _positive_int(layers, "layers")
@@ -172,7 +171,7 @@ class InjectiveLinear(nn.Module):
         True
     """
 
-    def __init__(self, in_features: int, out_features: int):
+    def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
         if not 0 < in_features < out_features:
             raise ValueError(f"an injective layer needs 0 < in_features < out_features, got {in_features} -> {out_features}")
@@ -204,7 +203,7 @@ class InjectiveFlowNet(nn.Module):
         latent_dim: d.
     """
 
-    def __init__(self, data_shape: Sequence[int], latent_dim: int, inner: Bijection):
+    def __init__(self, data_shape: Sequence[int], latent_dim: int, inner: Bijection) -> None:
         super().__init__()
         self.data_shape = tuple(int(s) for s in data_shape)
         self.latent_dim = int(latent_dim)
@@ -251,7 +250,7 @@ class PaddedFlow(InjectiveFlowNet):
         True
     """
 
-    def __init__(self, data_shape: Sequence[int], latent_dim: int, outer: Bijection, inner: Bijection):
+    def __init__(self, data_shape: Sequence[int], latent_dim: int, outer: Bijection, inner: Bijection) -> None:
         super().__init__(data_shape, latent_dim, inner)
         if outer.features != self.data_dim or inner.features != self.latent_dim:
             raise ValueError(f"outer must act on D={self.data_dim} and inner on d={self.latent_dim} features")
@@ -305,7 +304,7 @@ class TrumpetFlow(InjectiveFlowNet):
         transform: str = "affine",
         expansion: str = "linear",
         activation: str = "relu",
-    ):
+    ) -> None:
         super().__init__(data_shape, latent_dim, inner)
         if expansion not in ("linear", "pad"):
             raise ValueError(f"expansion must be 'linear' or 'pad', got {expansion!r}")
@@ -334,7 +333,7 @@ class TrumpetFlow(InjectiveFlowNet):
 class _Stage(nn.Module):
     """One Trumpet stage: an injective layer n_in → n_out (learned or zero padding) and a flow on n_out."""
 
-    def __init__(self, n_in: int, n_out: int, expansion: str, flow: Bijection):
+    def __init__(self, n_in: int, n_out: int, expansion: str, flow: Bijection) -> None:
         super().__init__()
         self.widths = (n_in, n_out)
         self.expand = InjectiveLinear(n_in, n_out) if expansion == "linear" else None
@@ -355,7 +354,7 @@ class InjectiveEncoder(nn.Module):
     Methods that need the pieces (rectangular flow, DNF, Trumpet) reach the net as ``encoder.flow``.
     """
 
-    def __init__(self, flow: InjectiveFlowNet):
+    def __init__(self, flow: InjectiveFlowNet) -> None:
         super().__init__()
         self.flow = flow
 
@@ -366,7 +365,7 @@ class InjectiveEncoder(nn.Module):
 class InjectiveDecoder(nn.Module):
     r"""The decoder of an :class:`InjectiveFlowNet`: :math:`g(z)`. Shares its parameters with the encoder."""
 
-    def __init__(self, flow: InjectiveFlowNet):
+    def __init__(self, flow: InjectiveFlowNet) -> None:
         super().__init__()
         self.flow = flow
 

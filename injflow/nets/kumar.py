@@ -8,11 +8,10 @@ References:
 __all__ = ["same_conv", "same_conv_transpose", "kumar_conv_autoencoder"]
 
 import math
+from collections.abc import Sequence
 
 import torch  # noqa: F401 (used by the examples)
 import torch.nn as nn
-
-from collections.abc import Sequence
 
 from .conv import Crop, conv_block, select_variant
 from .core import Flatten, Unflatten

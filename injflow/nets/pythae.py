@@ -14,10 +14,10 @@ References:
 
 __all__ = ["pythae_convnet_autoencoder", "pythae_resnet_autoencoder"]
 
+from collections.abc import Sequence
+
 import torch  # noqa: F401 (used by the examples)
 import torch.nn as nn
-
-from collections.abc import Sequence
 
 from .conv import ConvResBlock, conv_block, select_variant
 from .core import Flatten, Unflatten

@@ -3,12 +3,11 @@ r"""The single entry point other code uses: :func:`build_autoencoder` by archite
 __all__ = ["ARCHITECTURES", "register_architecture", "build_autoencoder", "available_architectures", "architecture_options"]
 
 import operator
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch  # noqa: F401 (used by the examples)
 import torch.nn as nn
-
-from collections.abc import Callable, Sequence
-from typing import Any
 
 from ..registry import Registry
 from .core import check_autoencoder, numel

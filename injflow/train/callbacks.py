@@ -83,7 +83,7 @@ class MetricsCSVLogger(Logger):
         resume_step: When resuming from a checkpoint without a row count (older injflow): keep rows before this step.
     """
 
-    def __init__(self, path: str | Path, *, keep_rows: int | None = None, resume_step: int | None = None):
+    def __init__(self, path: str | Path, *, keep_rows: int | None = None, resume_step: int | None = None) -> None:
         super().__init__()
         self.path = Path(path)
         self._pending: list[dict[str, Any]] = []
@@ -187,7 +187,7 @@ class SignalFlag:
         print(f"\n[injflow] received {signal.Signals(signum).name}: saving a checkpoint after this step, then stopping"
               + (" (Ctrl-C again to abort at once)" if signum == signal.SIGINT else ""), flush=True)
 
-    def install(self, launcher: Any = None) -> "SignalFlag":
+    def install(self, launcher: Any = None) -> SignalFlag:
         """(Re)installs the handlers (Lightning replaces SIGTERM's when a fit starts); only in the main thread."""
         import threading
 
@@ -206,7 +206,7 @@ class SignalFlag:
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
 
-    def __enter__(self) -> "SignalFlag":
+    def __enter__(self) -> SignalFlag:
         return self.install()
 
     def __exit__(self, *exc: Any) -> None:
@@ -227,7 +227,7 @@ class GracefulStop(L.Callback):
         stop_after_steps: Global step at which to stop (``None``: only on signals).
     """
 
-    def __init__(self, path: str | Path, flag: SignalFlag, stop_after_steps: int | None = None):
+    def __init__(self, path: str | Path, flag: SignalFlag, stop_after_steps: int | None = None) -> None:
         self.path, self.flag, self.n = Path(path), flag, stop_after_steps
         self.stopped_at: int | None = None
         self._deferred: str | None = None
@@ -284,7 +284,7 @@ class PeriodicCheckpoint(L.Callback):
         path: The checkpoint file.
     """
 
-    def __init__(self, n: int, path: str | Path):
+    def __init__(self, n: int, path: str | Path) -> None:
         self.n, self.path = int(n), Path(path)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
@@ -301,7 +301,7 @@ class PlotCallback(L.Callback):
         every_n_epochs: Period in epochs.
     """
 
-    def __init__(self, draw: Any, every_n_epochs: int):
+    def __init__(self, draw: Any, every_n_epochs: int) -> None:
         self.draw, self.every = draw, int(every_n_epochs)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -9,7 +9,8 @@ mid-epoch checkpoint continues with the very next batch.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import lightning as L
 import torch
@@ -48,7 +49,7 @@ class TensorBatches:
         rank: int = 0,
         world_size: int = 1,
         labels: Tensor | None = None,
-    ):
+    ) -> None:
         if batch_size % world_size:
             raise ValueError(f"data.batch_size={batch_size} must be divisible by the number of processes {world_size}")
         self.data = data
@@ -132,7 +133,7 @@ class TensorDataModule(L.LightningDataModule):
         drop_last: bool = False,
         train_labels: Tensor | None = None,
         val_labels: Tensor | None = None,
-    ):
+    ) -> None:
         super().__init__()
         self.train_data, self.val_data = train, val
         self.train_labels, self.val_labels = train_labels, val_labels

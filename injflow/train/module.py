@@ -38,7 +38,7 @@ ACCELERATOR_CHECK_EVERY = 50
 class _Nets:
     """What a method sees in validation: ``encode``, ``decode`` and ``latent`` (possibly the EMA copies of the nets)."""
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, latent: nn.Module):
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, latent: nn.Module) -> None:
         self.encoder, self.decoder, self.latent = encoder, decoder, latent
 
     def encode(self, x: Tensor) -> Tensor:
@@ -116,7 +116,7 @@ class FlowModule(L.LightningModule):
         check_finite_every_n_steps: int | None = None,
         max_time: float | None = None,
         describe: dict[str, Any] | None = None,
-    ):
+    ) -> None:
         super().__init__()
         self.flow = flow
         self.method = method

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import time
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..config import Config, ConfigError, check_dimensions, config_from_dict, config_to_dict, load_config
+from ..config import Config, ConfigError, check_dimensions, config_to_dict, load_config
 from ..errors import CheckpointError, DataError, InjflowError, NonFiniteLossError, RunFolderError, RunInterrupted
 from ..io import load_torch
 from ..model import InjectiveFlow
@@ -92,7 +91,7 @@ class RunData:
         return tuple(self.train.shape[1:])
 
     @classmethod
-    def from_splits(cls, splits: Any) -> "RunData":
+    def from_splits(cls, splits: Any) -> RunData:
         return cls(splits.train, splits.val, splits.test, splits.kind, splits.train_labels, splits.val_labels,
                    splits.test_labels, splits.image_shape, splits.num_classes)
 
@@ -445,10 +444,10 @@ def train_run(plan: RunPlan, flag: Any) -> tuple[Any, Any, Any]:
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    from ..plots import draw_run_pictures
     from .callbacks import GracefulStop, MetricsCSVLogger, PeriodicCheckpoint, PlotCallback, SafeCheckpointIO
     from .data import TensorDataModule
     from .module import FlowModule
-    from ..plots import draw_run_pictures
 
     config, data, run, t = plan.config, plan.data, plan.run, plan.config.train
     L.seed_everything(t.seed, verbose=False)
@@ -518,7 +517,7 @@ class _quiet_lightning:
     PATTERNS = (r".*smaller than the logging interval.*", r".*`isinstance\(treespec, LeafSpec\)` is deprecated.*",
                 r".*Trainer\(limit_val_batches=1.0\)` was configured.*", r".*does not have many workers.*")
 
-    def __enter__(self) -> "_quiet_lightning":
+    def __enter__(self) -> _quiet_lightning:
         import logging
 
         self._levels = {}
