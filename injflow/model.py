@@ -399,8 +399,9 @@ class InjectiveFlow(nn.Module):
             if labels is None:
                 lp, rec = _batched(lambda xb: one(xb, self), x, batch_size)
             else:  # one class at a time: a constant label fits any batch the Jacobian code forms
-                lp = torch.empty(x.shape[0], device=device)
-                rec = torch.empty(x.shape[0], device=device)
+                dtype = next(self.parameters()).dtype
+                lp = torch.empty(x.shape[0], device=device, dtype=dtype)
+                rec = torch.empty(x.shape[0], device=device, dtype=dtype)
                 for k in labels.unique().tolist():
                     rows = (labels == k).nonzero().flatten()
                     lp[rows.to(device)], rec[rows.to(device)] = _batched(lambda xb: one(xb, self.with_label(k)), x[rows],
