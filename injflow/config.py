@@ -308,7 +308,8 @@ class TrainConfig:
     the run) with a resumable checkpoint, as if the job were killed; unlike ``max_steps`` it does not
     change the LR or weight schedules. ``max_time`` is a wall-clock budget (seconds or ``"HH:MM:SS"``; FIF
     table 2 trains 5 h per model): training stops when it is spent, and schedules (β, the learning rate) are
-    defined over the budget instead of the epochs. ``check_finite_every_n_steps`` is how often the host reads the
+    defined over the budget instead of the epochs. ``compile: true`` (or a ``torch.compile`` backend name) trains FIF's
+    default estimator through one compiled function (:mod:`injflow.train.compile`). ``check_finite_every_n_steps`` is how often the host reads the
     non-finite flag (``null``: every step on the CPU, where reading it costs nothing, and every 50 steps on an
     accelerator, where every read is a synchronisation); the weights of a non-finite step never reach a checkpoint
     either way.
@@ -329,7 +330,7 @@ class TrainConfig:
     pictures: bool = True  # the end-of-run pictures (off for sweeps whose run folders are thrown away)
     log_every_n_steps: int = 10
     check_finite_every_n_steps: int | None = None
-    compile: bool = False
+    compile: bool | Literal["inductor", "aot_eager"] = False
     accelerator: str = "auto"
     devices: int | str = 1
     strategy: str = "auto"

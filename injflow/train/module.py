@@ -142,6 +142,8 @@ class FlowModule(L.LightningModule):
         self._timer: Any = None
         #: The run's CSV logger (set by the runner): its row count goes into every checkpoint.
         self.csv_logger: Any = None
+        #: The compiled FIF gradient (``train.compile``), or ``None`` for eager training.
+        self.compiled: Any = None
         #: Extra estimator context during training steps (the engine turns the per-step input checks off: the data
         #: were validated once before training).
         self.step_context: Any = nullcontext
@@ -208,10 +210,13 @@ class FlowModule(L.LightningModule):
         if self.input_noise > 0:
             x = x + self.input_noise * torch.randn_like(x)
         model = self.flow if c is None else self.flow.given(c)
-        error = None
+        error, grads = None, None
         try:
             with self.step_context():
-                terms = self.method.loss(x, step, model)
+                if self.compiled is not None:
+                    terms, grads = self.compiled(x, step)
+                else:
+                    terms = self.method.loss(x, step, model)
         except ValueError as e:  # a bad batch (the estimators' input checks): a collective stop under DDP
             if self.trainer.world_size == 1:
                 raise
@@ -227,6 +232,10 @@ class FlowModule(L.LightningModule):
             # The epoch's row is written here, before validation and before any end-of-epoch checkpoint, so a run
             # resumed from that checkpoint neither repeats nor loses it.
             self._log_epoch_means("train", self._train_sums, suffix="_epoch")
+        if grads is not None:  # the compiled gradient reaches Lightning's backward through a carrier scalar
+            from .compile import gradient_carrier
+
+            return gradient_carrier(self.compiled.params, grads)
         return loss
 
     def _check_finite(self, loss: Tensor, terms: dict[str, Tensor], x: Tensor, step: int, batch_idx: int,

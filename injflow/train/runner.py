@@ -408,6 +408,10 @@ def prepare_run(
             f"not the cause: look at the data (largest |value| {peak:.3g}) and at the model's initialisation"
         )
     monitor = _check_monitor(config, data, sorted(terms))
+    if t.compile:
+        from .compile import check_compilable
+
+        check_compilable(method, flow)
     s = config.optim.scheduler
     if t.max_time and s.name in ("onecycle", "cosine") and t.max_steps == -1:
         raise ConfigError(f"optim.scheduler.name: {s.name} spans a number of steps, but train.max_time sets a wall-clock "
@@ -457,7 +461,9 @@ def train_run(plan: RunPlan, flag: Any) -> tuple[Any, Any, Any]:
                         describe={**plan.flow.describe(), "config": config_to_dict(config), "custom_nets": not plan.built_here})
     module.step_context = _estimator_context()
     if t.compile:
-        raise ConfigError("train.compile: not available yet")  # TODO(compile): engine option, see issue 13
+        from .compile import CompiledFIF
+
+        module.compiled = CompiledFIF(plan.flow, plan.method, backend="inductor" if t.compile is True else t.compile)
     dm = TensorDataModule(data.train, data.val, batch_size=config.data.batch_size, val_batch_size=config.data.val_batch_size,
                           seed=t.seed, drop_last=config.data.drop_last, train_labels=data.train_labels,
                           val_labels=data.val_labels)
