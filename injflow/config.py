@@ -304,6 +304,8 @@ def parse_duration(value: float | str | None, key: str = "duration") -> float | 
 class TrainConfig:
     """Loop, devices, regularisation of the inputs, checkpoints, plots and post-fit samplers.
 
+    ``checkpoint_interval`` (seconds) spaces out the end-of-epoch checkpoint writes (0: every epoch); the best
+    checkpoint is still the best epoch's, and a graceful stop or the end of training always writes.
     ``stop_after_steps`` ends this invocation after that many optimiser steps (counted from the start of
     the run) with a resumable checkpoint, as if the job were killed; unlike ``max_steps`` it does not
     change the LR or weight schedules. ``max_time`` is a wall-clock budget (seconds or ``"HH:MM:SS"``; FIF
@@ -324,6 +326,7 @@ class TrainConfig:
     ema_decay: float | None = None
     val_every_n_epochs: int = 1
     checkpoint_every_n_steps: int | None = None
+    checkpoint_interval: float = 30.0
     monitor: str = "val/loss"
     monitor_mode: Literal["min", "max"] = "min"
     plot_every_n_epochs: int | None = None
@@ -353,6 +356,8 @@ class TrainConfig:
         self.max_time = parse_duration(self.max_time, "max_time")
         if self.stop_after_steps is not None and self.stop_after_steps < 1:
             raise ConfigError(f"stop_after_steps: must be >= 1 (or null), got {self.stop_after_steps}")
+        if self.checkpoint_interval < 0:
+            raise ConfigError(f"checkpoint_interval: must be >= 0 seconds (0: every epoch), got {self.checkpoint_interval}")
         if self.input_noise < 0:
             raise ConfigError(f"input_noise: must be >= 0, got {self.input_noise}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:

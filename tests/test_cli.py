@@ -97,11 +97,22 @@ def test_resume_missing_run(tmp_path, capsys):
     assert main(["fit", "--resume", str(tmp_path / "nope")]) == 2
 
 
+def _ddp_env() -> dict:
+    """The environment of a DDP test process: one thread, and a free port of its own (no clash with another test)."""
+    import os
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(port), "MASTER_ADDR": "127.0.0.1"}
+
+
 def _ddp_run(tmp_path, name, devices, strategy):
     args = [*FAST, "train.max_epochs=1", "train.samplers=[]", "train.accelerator=cpu", f"train.devices={devices}",
             f"train.strategy={strategy}", f"run.dir={tmp_path / name}", "data.batch_size=100", "method.n_hutchinson=1"]
     proc = subprocess.run([sys.executable, "-m", "injflow.cli", "fit", "--set", *args], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                          text=True, timeout=300, env=_ddp_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     return torch.cat([v.flatten() for k, v in sorted(state.items()) if k.startswith("flow.")])
@@ -152,7 +163,7 @@ def test_ddp_nan_on_one_rank_stops_every_rank(tmp_path):
     args = [*FAST, "train.max_epochs=1", "train.samplers=[]", "train.accelerator=cpu", "train.devices=2",
             "train.strategy=ddp", "data.batch_size=100"]
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), *args], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=240, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                          text=True, timeout=240, env=_ddp_env())
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-3000:]
     assert "non-finite loss at optimiser step 2" in out, out[-3000:]
@@ -197,7 +208,7 @@ def test_ddp_bad_input_on_one_rank_stops_every_rank_naming_the_cause(tmp_path):
     args = [*FAST, "train.max_epochs=1", "train.samplers=[]", "train.accelerator=cpu", "train.devices=2",
             "train.strategy=ddp", "data.batch_size=100", "train.pictures=false"]
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), *args], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=240, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                          text=True, timeout=240, env=_ddp_env())
     out = proc.stdout + proc.stderr
     assert proc.returncode == 3, out[-3000:]
     errors = [line for line in out.splitlines() if line.startswith("ERROR rank")]

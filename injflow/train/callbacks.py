@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import signal
 from pathlib import Path
@@ -22,6 +23,7 @@ __all__ = [
     "MetricsCSVLogger",
     "SignalFlag",
     "GracefulStop",
+    "RunCheckpoints",
     "StopRun",
     "PeriodicCheckpoint",
     "PlotCallback",
@@ -263,7 +265,11 @@ class GracefulStop(L.Callback):
     def _stop(self, trainer: L.Trainer, reason: str) -> None:
         from ..errors import RunInterrupted
 
-        trainer.save_checkpoint(self.path)
+        checkpoints = next((cb for cb in trainer.callbacks if isinstance(cb, RunCheckpoints)), None)
+        if checkpoints is not None:
+            checkpoints.write(trainer)  # also the best checkpoint kept in memory
+        else:
+            trainer.save_checkpoint(self.path, weights_only=False)
         self.stopped_at = trainer.global_step
         if reason == "steps":
             raise StopRun(f"stopped after {trainer.global_step} steps (train.stop_after_steps)")
@@ -274,10 +280,78 @@ class GracefulStop(L.Callback):
         )
 
 
+class RunCheckpoints(L.Callback):
+    """``last.ckpt`` and ``best.ckpt`` of a run, written at most every ``interval`` seconds (and always at the end).
+
+    Writing a checkpoint costs a serialisation and an fsync (tens of milliseconds even for small nets), which on
+    runs of short epochs would cost more than the training. So: at the end of every epoch (after validation) the
+    monitored value is compared with the best so far, and an improvement is kept *in memory* (the whole checkpoint,
+    tensors copied); the files are written once ``interval`` seconds have passed since the last write, at the end of
+    training, and before a graceful stop. A ``kill -9`` therefore loses at most ``interval`` seconds plus one epoch
+    (``train.checkpoint_every_n_steps`` adds mid-epoch checkpoints); a signal loses nothing.
+
+    Arguments:
+        last, best: The two files.
+        monitor: The value of ``trainer.callback_metrics`` that decides the best checkpoint.
+        mode: ``min`` or ``max``.
+        interval: Seconds between writes (0: every epoch).
+    """
+
+    def __init__(self, last: str | Path, best: str | Path, monitor: str, mode: str = "min", interval: float = 30.0):
+        self.last, self.best, self.monitor, self.mode, self.interval = Path(last), Path(best), monitor, mode, interval
+        self.best_score: float | None = None
+        self._pending_best: dict[str, Any] | None = None
+        self._written_at = 0.0
+        #: Set to write at the end of this epoch whatever the interval (a periodic checkpoint fell on its last step).
+        self.write_at_epoch_end = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_score": self.best_score}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_score = state.get("best_score")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import time
+
+        self._written_at = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import copy
+        import time
+
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is not None:
+            score = float(value)
+            better = self.best_score is None or (score < self.best_score if self.mode == "min" else score > self.best_score)
+            if better and math.isfinite(score):
+                self.best_score = score
+                state = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+                self._pending_best = copy.deepcopy(state)  # this epoch's weights, written with the next write
+        if self.write_at_epoch_end or time.monotonic() - self._written_at >= self.interval:
+            self.write(trainer)
+            self.write_at_epoch_end = False
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.write(trainer)
+
+    def write(self, trainer: L.Trainer) -> None:
+        """Writes the pending best checkpoint and the current state as ``last.ckpt`` now."""
+        import time
+
+        if self._pending_best is not None:
+            if trainer.is_global_zero:
+                trainer.strategy.checkpoint_io.save_checkpoint(self._pending_best, self.best)
+            self._pending_best = None
+        trainer.save_checkpoint(self.last, weights_only=False)
+        self._written_at = time.monotonic()
+
+
 class PeriodicCheckpoint(L.Callback):
     """Writes ``last.ckpt`` every ``n`` optimiser steps (mid-epoch; resumable thanks to the stateful loader).
 
-    The last step of an epoch is left to the end-of-epoch checkpoint, which comes after validation.
+    On the last step of an epoch the checkpoint is written at the end of the epoch instead (after validation), by
+    :class:`RunCheckpoints`.
 
     Arguments:
         n: Period in optimiser steps.
@@ -289,8 +363,14 @@ class PeriodicCheckpoint(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         batch_idx = args[-1] if args else 0
-        if trainer.global_step % self.n == 0 and batch_idx + 1 < trainer.num_training_batches:
-            trainer.save_checkpoint(self.path)
+        if trainer.global_step % self.n:
+            return
+        if batch_idx + 1 < trainer.num_training_batches:
+            trainer.save_checkpoint(self.path, weights_only=False)
+            return
+        for cb in trainer.callbacks:
+            if isinstance(cb, RunCheckpoints):
+                cb.write_at_epoch_end = True
 
 
 class PlotCallback(L.Callback):

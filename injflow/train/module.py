@@ -299,7 +299,8 @@ class FlowModule(L.LightningModule):
             values[name] = float(opt.param_groups[0]["lr"])
         self._write_row(values, step)
         pbar = {k.removeprefix("train/").removesuffix("_step"): v for k, v in values.items() if k.endswith("_step")}
-        self.log_dict(pbar, on_step=True, on_epoch=False, prog_bar=True, logger=False, batch_size=1)
+        # Straight into the progress bar's dict: Lightning's self.log costs ~10 ms a call on small nets.
+        self.trainer.progress_bar_metrics.update(pbar)
 
     def _write_row(self, values: dict[str, float], step: int) -> None:
         if self.trainer.is_global_zero:
@@ -313,9 +314,9 @@ class FlowModule(L.LightningModule):
             return
         values = {f"{stage}/{k}{suffix}": v for k, v in means.items()}
         self._write_row({**values, "epoch": float(self.current_epoch)}, self.global_step)
-        # Known to the callbacks (best checkpoint, plateau scheduler); written to the loggers above.
-        self.log_dict({k: torch.tensor(v) for k, v in values.items()}, logger=False, on_step=False, on_epoch=True,
-                      batch_size=1)
+        # Known to the callbacks (best checkpoint, plateau scheduler), written straight into their dict (Lightning's
+        # self.log costs ~10 ms a call); written to the loggers above.
+        self.trainer.callback_metrics.update({k: torch.tensor(v) for k, v in values.items()})
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Tell the resumable loader how far into the epoch we are (its own count runs ahead by Lightning's prefetch).

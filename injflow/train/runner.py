@@ -50,7 +50,7 @@ __all__ = [
 #: Keys a resumed run may change: how long it trains, where, how it logs. Everything else shaped the saved state.
 RESUMABLE_KEYS = (
     "train.max_epochs", "train.max_steps", "train.max_time", "train.stop_after_steps", "train.progress_bar",
-    "train.num_threads", "train.checkpoint_every_n_steps", "train.log_every_n_steps", "train.pictures",
+    "train.num_threads", "train.checkpoint_every_n_steps", "train.checkpoint_interval", "train.log_every_n_steps", "train.pictures",
     "train.plot_every_n_epochs", "train.samplers", "train.gmm_components", "train.accelerator", "train.devices",
     "train.strategy", "train.num_nodes", "train.check_finite_every_n_steps", "train.compile", "run.",
     "data.root", "data.download",
@@ -445,11 +445,11 @@ def train_run(plan: RunPlan, flag: Any) -> tuple[Any, Any, Any]:
     import datetime
 
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from ..plots import draw_run_pictures
-    from .callbacks import GracefulStop, MetricsCSVLogger, PeriodicCheckpoint, PlotCallback, SafeCheckpointIO
+    from .callbacks import GracefulStop, MetricsCSVLogger, PeriodicCheckpoint, PlotCallback, RunCheckpoints, SafeCheckpointIO
     from .data import TensorDataModule
     from .module import FlowModule
 
@@ -467,8 +467,7 @@ def train_run(plan: RunPlan, flag: Any) -> tuple[Any, Any, Any]:
     dm = TensorDataModule(data.train, data.val, batch_size=config.data.batch_size, val_batch_size=config.data.val_batch_size,
                           seed=t.seed, drop_last=config.data.drop_last, train_labels=data.train_labels,
                           val_labels=data.val_labels)
-    checkpoint = ModelCheckpoint(dirpath=run.checkpoints, filename=run.best_checkpoint.stem, monitor=plan.monitor,
-                                 mode=t.monitor_mode, save_top_k=1, save_last=True, enable_version_counter=False)
+    checkpoint = RunCheckpoints(run.last_checkpoint, run.best_checkpoint, plan.monitor, t.monitor_mode, t.checkpoint_interval)
     csv_logger = MetricsCSVLogger(run.metrics_csv, keep_rows=plan.csv_rows if plan.resume else None,
                                   resume_step=plan.resume_step if plan.resume and plan.csv_rows is None else None)
     module.csv_logger = csv_logger
