@@ -63,7 +63,7 @@ from common import CONFIGS, REPO  # noqa: E402
 __all__ = [
     "EvalSpec", "RunSpec", "Plan", "RunRecord", "CampaignResult", "STEP_SECONDS", "INCEPTION_SECONDS",
     "PooledPixels", "campaign_args", "run_campaign", "run_from_args", "execute", "estimate_seconds", "value",
-    "is_column_note", "metric_name",
+    "is_column_note", "metric_name", "real_data_floor", "example_images",
 ]
 
 #: Seconds per optimiser step measured on the project's 2-core CPU with 1 torch thread (Intel Xeon, shared;
@@ -803,6 +803,53 @@ def value(record: RunRecord | None, stage: str, key: str, kind: str = "fid") -> 
     table = (scores or {}).get(kind) or {}
     v = table.get(key)
     return None if v is None else float(v)
+
+
+def real_data_floor(result: CampaignResult, fid_cache: str | None = None, device: str = "cpu") -> dict[str, float]:
+    """Per group: the score of the real images ``test[:n]`` of its data set against the test reference set — the
+    lowest value n images can reach under this protocol (FID is biased upwards at small n). Cached in
+    ``floor-test.json`` (one computation per data set)."""
+    from injflow.metrics import ReferenceStatsCache, feature_stats, fid_protocol, frechet_distance
+    from injflow.train.config import load_config
+
+    path = result.folder / "floor-test.json"
+    cached = _read_json(path) or {}
+    spec = result.plan.test
+    out: dict[str, float] = {}
+    for rec in result.records.values():
+        run_dir = result.folder / "runs" / rec.spec.name
+        if rec.test is None or not (run_dir / "config.yaml").is_file():
+            continue
+        config = load_config(run_dir / "config.yaml")
+        key = f"{config.data.name}|{json.dumps(config.data.options, sort_keys=True)}|{spec.n}|{spec.disjoint}|{spec.features}"
+        if key in cached:
+            out[rec.spec.group] = cached[key]
+            continue
+        if not spec.disjoint:  # the papers' protocol: the reference *is* split[:n]; its floor is 0 by construction
+            cached[key] = out[rec.spec.group] = 0.0
+            continue
+        x = _load_split(config, "test")
+        protocol = fid_protocol(x, dataset=config.data.name, split="test", n=spec.n, disjoint=True)
+        ext = feature_extractor(spec.features, device)
+        ref, _ = protocol.reference.stats(ext, ReferenceStatsCache(fid_cache) if fid_cache else None, batch_size=50)
+        cached[key] = out[rec.spec.group] = frechet_distance(feature_stats(protocol.reconstruct, ext, batch_size=50), ref)
+        _write_json(path, cached)
+    return out
+
+
+@torch.no_grad()
+def example_images(record: RunRecord | None, folder: Path, *, n: int = 8, sampler: str = "gmm",
+                   seed: int = 0) -> dict[str, Tensor] | None:
+    """``n`` test images, their reconstructions and ``n`` samples of a trained run (for the sample figures)."""
+    import injflow.api as inj
+    from injflow.train.config import load_config
+
+    if record is None or record.state != "trained":
+        return None
+    run_dir = folder / "runs" / record.spec.name
+    flow = inj.load(run_dir).eval()
+    x = _load_split(load_config(run_dir / "config.yaml"), "test")[:n]
+    return {"test": x, "reconstruction": flow(x), sampler: flow.sample(n, sampler=sampler, seed=seed)}
 
 
 def is_column_note(plan: Plan) -> str:

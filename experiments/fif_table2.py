@@ -22,7 +22,7 @@ Scales:
   ``--datasets celeba --data-root DIR``: the FIF-ConvNet (CelebA column) for 2 steps on small upstream-format files.
 * ``cpu``: Fashion-MNIST as the offline stand-in for CelebA, the FIF-ConvNet **MNIST column** of table 11 (3.3M:
   channels 32-256, ResBlock(512)), 20k training images, a **300 s budget** per model on one thread (paper: 5 h on an
-  A40), FID on n = 200 with a reference disjoint from the reconstructed images; one seed.
+  A40), FID on n = 100 with a reference disjoint from the reconstructed images; one seed.
 * ``paper``: CelebA, the paper's config, ``train.max_time = 18000`` s, n = 10k, 3 seeds; for a GPU.
 """
 
@@ -119,7 +119,7 @@ def build_plan(exp: Any) -> tuple[C.Plan, str]:
                       group=f"{m.label} seed {s}", params={"method": m.label, "seed": s})
             for m in METHODS.values() for s in seeds]
     features = "pixels" if exp.scale == "smoke" else "inception"
-    n = exp.args.n_fid or exp.pick(4 if dataset == "celeba-files" else 32, 200, 10_000)
+    n = exp.args.n_fid or exp.pick(4 if dataset == "celeba-files" else 32, 100, 10_000)
     plan = C.Plan(name=NAME, scale=exp.scale, runs=runs, seed=0, validation=None,
                   test=C.EvalSpec("test", n, ["prior", "gmm"], disjoint=exp.scale != "paper", features=features,
                                   inception_score=True),
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         (("--seeds",), {"type": int, "default": None, "help": "training seeds per method (smoke/cpu 1, paper 3)"}),
         (("--datasets",), {"nargs": "+", "choices": ["celeba"], "default": None,
                            "help": "smoke: run the CelebA path on small files under --data-root"}),
-        (("--n-fid",), {"type": int, "default": None, "help": "images per FID set (smoke 32, cpu 200, paper 10k)"}),
+        (("--n-fid",), {"type": int, "default": None, "help": "images per FID set (smoke 32, cpu 100, paper 10k)"}),
     ])
     plan, _ = build_plan(exp)
     return C.run_from_args(exp, plan, assemble)

@@ -24,9 +24,11 @@ Scales:
   features (not FID), n = 32; ``--datasets cifar10 celeba --data-root DIR``: the App. A nets for 2 steps on small
   upstream-format files.
 * ``cpu``: MNIST, **one** MLP 784-512-256-16 (SiLU) for every method (the App. A nets cost seconds per step on this
-  CPU), 10k training / 1k validation images, **1,500 steps** (paper: 100k), a **reduced grid** (two points for each
-  searched method, marked in the table), FID on **n = 100** with a reference disjoint from the reconstructed
-  images; one seed. This replaces ``generative_table.py`` (the same net and data without a search).
+  CPU), 10k training / 1k validation images, **500 steps** (paper: 100k), five methods (VAE, β-VAE, AE, InjFlow^ln,
+  InjFlow; ``--methods`` adds CAE, AE+L2, AE+SN) and a **reduced grid** (β-VAE σ ∈ {0.01, 0.1}, InjFlow^ln prior
+  weight ∈ {0.01, 1}; InjFlow: the paper config's point; marked in the table), FID on **n = 50** with a reference disjoint from the reconstructed images (Inception ran at ~1 s per
+  image on the shared machine, which sets n, the steps and the grid); one seed. This replaces
+  ``generative_table.py`` (the same net and data without a search).
 * ``paper``: every data set, the full grids (43 runs per data set), n = 10k, the papers' protocol; for a GPU.
 """
 
@@ -49,20 +51,22 @@ _INJ_GRID = [{"prior_weight": w, "nu": nu} for nu in (1.0, 1.3) for w in (0.0, 1
 METHODS: dict[str, tuple[str, list[dict], list[dict], list[dict]]] = {
     "VAE": ("vae", [{}], [{}], [{}]),
     "β-VAE": ("beta-vae", [{"sigma": s} for s in (0.001, 0.01, 0.05, 0.1, 0.5)],
-              [{"sigma": s} for s in (0.01, 0.1)], [{"sigma": s} for s in (0.01, 0.1)]),
+              [{"sigma": s} for s in (0.01, 0.1)], [{"sigma": s} for s in (0.01, 0.1)]),  # cpu: σ 0.01, 0.1
     "AE": ("ae", [{}], [{}], [{}]),
     "CAE": ("cae", [{"jacobian_weight": w} for w in (0.001, 0.01, 0.1, 0.5, 1.0, 10.0)],
-            [{"jacobian_weight": w} for w in (0.01, 0.1)], [{"jacobian_weight": 0.1}]),
+            [{"jacobian_weight": 0.1}], [{"jacobian_weight": 0.1}]),
     "AE+L2": ("ae-l2", [{"weight_decay": w} for w in (0.001, 0.01, 0.1, 0.5, 1.0)],
-              [{"weight_decay": w} for w in (0.001, 0.01)], [{"weight_decay": 0.01}]),
+              [{"weight_decay": 0.01}], [{"weight_decay": 0.01}]),
     "AE+SN": ("ae-sn", [{}], [{}], [{}]),
     "InjFlow-ln": ("injflow-ln", _INJ_GRID, [{"prior_weight": w, "nu": 1.0} for w in (1e-2, 1.0)],
                    [{"prior_weight": 1.0, "nu": 1.0}]),
-    "InjFlow": ("injflow", _INJ_GRID, [{"prior_weight": w, "nu": 1.0} for w in (1e-2, 1.0)],
+    "InjFlow": ("injflow", _INJ_GRID, [{"prior_weight": 1.0, "nu": 1.0}],
                 [{"prior_weight": 1.0, "nu": 1.0}]),
 }
-#: The methods of a smoke run (the pipeline check; every method's config trains in tests/test_configs.py).
+#: The methods of a smoke run (the pipeline check; every method's config trains in tests/test_configs.py) and of a
+#: cpu run (the shared machine's budget: Inception ran at 1-3 s per image while these ran).
 SMOKE_METHODS = ("β-VAE", "InjFlow-ln")
+CPU_METHODS = ("VAE", "β-VAE", "AE", "InjFlow-ln", "InjFlow")
 
 #: Kumar table 1: (Rec., N, GMM) FID per data set.
 PAPER = {
@@ -104,14 +108,14 @@ def scale_overrides(exp: Any, dataset: str) -> list[str]:
                        "train.max_steps=2", "train.gmm_components=2", "train.log_every_n_steps=1"]
     if exp.scale == "cpu":
         return root + ["data.options={n_train: 10000, n_val: 1000}", "model.architecture=mlp", "model.latent_dim=16",
-                       "model.options={hidden_features: [512, 256], activation: silu}", "train.max_steps=1500",
+                       "model.options={hidden_features: [512, 256], activation: silu}", "train.max_steps=500",
                        "train.log_every_n_steps=50"]
     return root
 
 
 def build_plan(exp: Any) -> C.Plan:
     datasets = exp.args.datasets or exp.pick(["mnist"], ["mnist"], list(DATASETS))
-    default = SMOKE_METHODS if exp.scale == "smoke" else tuple(METHODS)
+    default = exp.pick(SMOKE_METHODS, CPU_METHODS, tuple(METHODS))
     methods = [m for m in METHODS if (exp.args.methods is None and m in default) or m in (exp.args.methods or ())]
     runs = []
     for dataset in datasets:
@@ -124,7 +128,7 @@ def build_plan(exp: Any) -> C.Plan:
                     overrides=scale_overrides(exp, dataset) + method_overrides(point) + [f"train.seed={exp.args.seed}"],
                     group=f"{DATASETS[dataset]} {label}", params={"dataset": dataset, "method": label, **point}))
     features = "pixels" if exp.scale == "smoke" else "inception"
-    n = exp.args.n_fid or exp.pick(32, 100, 10_000)
+    n = exp.args.n_fid or exp.pick(32, 50, 10_000)
     if exp.scale == "smoke" and "mnist" not in datasets:
         n = min(n, 4)
     paper = exp.scale == "paper"
@@ -165,12 +169,51 @@ def assemble(result: C.CampaignResult, exp: Any) -> dict[str, Any]:
             "test_recon_error": (rec.test or {}).get("reconstruction_error") if rec else None, "n": plan.test.n,
             "paper_rec": paper[0], "paper_N": paper[1], "paper_GMM": paper[2],
         })
+    floors = C.real_data_floor(result, exp.args.fid_cache, exp.args.device)
+    by_dataset = {next(r.params["dataset"] for r in plan.runs if r.group == g): f for g, f in floors.items()}
+    for dataset, floor in by_dataset.items():
+        rows.append({k: None for k in rows[0]} | {"dataset": dataset, "method": "real test images (floor)",
+                                                   "rec": floor, "N": floor, "GMM": floor, "n": plan.test.n})
     write_table(grid_rows, exp.out / "search_grid")
     write_table(rows, exp.out / "table1")
     note = (f"{exp.scale} scale: {metric} on n = {plan.test.n} per set (papers: 10k), reference disjoint from the "
             f"reconstructed images; one net for all methods at this scale; seed {plan.seed}")
-    plot_table(rows, exp.out / "table1", note, metric)
-    return {"metric": metric, "table1": rows, "n_fid": plan.test.n}
+    plot_table([r for r in rows if r["grid_points"]], exp.out / "table1", note, metric)
+    examples = {}
+    for group in dict.fromkeys(r.group for r in plan.runs):
+        imgs = C.example_images(result.selected(group, "GMM"), result.folder, seed=plan.seed)
+        if imgs is not None:
+            examples[group] = imgs
+    if examples:
+        plot_examples(examples, exp.out / "samples", note)
+    return {"metric": metric, "table1": rows, "n_fid": plan.test.n, "real_data_floor": by_dataset}
+
+
+def plot_examples(examples: dict[str, dict[str, Any]], path: Path, note: str) -> Path:
+    """Kumar figs. 4-21 in one picture: per selected model, test images, their reconstructions, GMM samples."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from injflow.metrics.inception import infer_image_shape
+
+    fig, axes = plt.subplots(len(examples), 1, figsize=(7, 1.05 * len(examples) + 0.4), squeeze=False)
+    for ax, (group, imgs) in zip(axes[:, 0], examples.items()):
+        rows = []
+        for key in ("test", "reconstruction", "gmm"):
+            x = imgs[key].float().clamp(0, 1)
+            if x.ndim == 2:
+                x = x.reshape(x.shape[0], *infer_image_shape(x.shape[1]))
+            x = torch.nn.functional.pad(x, (1, 1, 1, 1), value=1.0)
+            rows.append(torch.cat(list(x), dim=-1))
+        grid = torch.cat(rows, dim=-2)
+        ax.imshow(grid.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_axis_off()
+        ax.set_title(f"{group}: test images / reconstructions / GMM samples", fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path, note=note)
 
 
 def plot_table(rows: list[dict[str, Any]], path: Path, note: str, metric: str) -> Path:
@@ -202,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         (("--datasets",), {"nargs": "+", "choices": list(DATASETS), "default": None,
                            "help": "data sets (default: cpu/smoke mnist; paper all three)"}),
         (("--methods",), {"nargs": "+", "choices": list(METHODS), "default": None, "help": "subset of methods"}),
-        (("--n-fid",), {"type": int, "default": None, "help": "images per FID set (default smoke 32, cpu 100, paper 10k)"}),
+        (("--n-fid",), {"type": int, "default": None, "help": "images per FID set (default smoke 32, cpu 50, paper 10k)"}),
     ])
     return C.run_from_args(exp, build_plan(exp), assemble)
 
