@@ -469,7 +469,7 @@ def execute(plan: Plan, name: str, stages: Sequence[str], ctx: Context) -> str:
                 continue
             evaluation = plan.validation if stage == "val" else plan.test
             out = run_dir / f"{stage}.json"
-            if not out.is_file():
+            if not _matches(_read_json(out), evaluation):
                 _write_json(out, score_run(run_dir, evaluation, seed=plan.seed, device=ctx.device,
                                            fid_cache=ctx.fid_cache))
         return "done"
@@ -517,11 +517,18 @@ class CampaignResult:
         return self.records[name] if name else None
 
 
+def _matches(scores: dict | None, spec: EvalSpec | None) -> bool:
+    """Whether stored scores were made by this evaluation (a changed n, split or set of samplers recomputes)."""
+    if scores is None or spec is None:
+        return False
+    return (scores.get("split"), scores.get("n"), sorted(scores.get("fid", {}))) == (spec.split, spec.n, sorted(spec.sets()))
+
+
 def _stage_done(plan: Plan, ctx: Context, name: str, stage: str) -> bool:
     run_dir = ctx.run_dir(name)
     if stage == "train":
         return engine_state(run_dir) == "trained"
-    return (run_dir / f"{stage}.json").is_file()
+    return _matches(_read_json(run_dir / f"{stage}.json"), plan.validation if stage == "val" else plan.test)
 
 
 def _failed(ctx: Context, name: str) -> dict | None:
@@ -543,7 +550,7 @@ def select(plan: Plan, ctx: Context) -> dict[str, dict[str, str | None]]:
             scored = []
             for r in plan.runs:
                 val = _read_json(ctx.run_dir(r.name) / "val.json") if r.group == group else None
-                if val is not None and math.isfinite(val["fid"].get(key, math.nan)):
+                if _matches(val, plan.validation) and math.isfinite(val["fid"].get(key, math.nan)):
                     scored.append((val["fid"][key], r.name))
             out[group][crit] = min(scored)[1] if scored else None
     return out

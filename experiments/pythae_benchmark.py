@@ -78,7 +78,7 @@ def scale_overrides(exp: Any, arch: str, dataset: str) -> list[str]:
         return ["data.name=digits", "data.options={n_val: 64, n_test: 64}", "data.batch_size=64",
                 "model.architecture=mlp", "model.latent_dim=4", "model.options={hidden_features: [32]}",
                 "train.max_steps=20", "train.max_epochs=1000", "train.gmm_components=3", "train.log_every_n_steps=5",
-                "optim.scheduler={name: constant}"]
+                "train.checkpoint_every_n_steps=5", "optim.scheduler={name: constant}"]
     if exp.scale == "smoke":  # the paper's architecture on small upstream-format files (tests/test_experiments.py)
         return root + ["data.options={n_val: 8}" if dataset == "cifar10" else "data.options={}", "data.batch_size=4",
                        "model.latent_dim=4",  # the paper's nets with a small d: GMMs on a handful of codes
@@ -93,8 +93,8 @@ def scale_overrides(exp: Any, arch: str, dataset: str) -> list[str]:
 
 def grid(exp: Any) -> list[tuple[int, int]]:
     """The paper's β × K grid; cpu: β ∈ {5, 15, 25} × K ∈ {1, 2} (the shared machine's budget); smoke: two points."""
-    betas = exp.pick((5, 25), (5, 15, 25), BETAS)
-    return [(b, k) for k in exp.pick((1,), KS, KS) for b in betas]
+    betas = exp.args.betas or exp.pick((5, 25), (5, 15, 25), BETAS)
+    return [(b, k) for k in (exp.args.ks or exp.pick((1,), KS, KS)) for b in betas]
 
 
 def build_plan(exp: Any) -> C.Plan:
@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         (("--archs",), {"nargs": "+", "choices": list(ARCHS), "default": None,
                         "help": "architectures (default: cpu/smoke resnet; paper both)"}),
         (("--n-fid",), {"type": int, "default": None, "help": "images per FID set (default smoke 32, cpu 50, paper 10k)"}),
+        (("--betas",), {"nargs": "+", "type": int, "default": None, "help": "β grid (default: paper 5..25, cpu 5 15 25)"}),
+        (("--ks",), {"nargs": "+", "type": int, "default": None, "help": "K grid (default: 1 2; smoke 1)"}),
     ])
     return C.run_from_args(exp, build_plan(exp), assemble)
 
