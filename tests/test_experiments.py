@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-SCRIPTS = sorted(p for p in EXPERIMENTS.glob("*.py") if p.name != "common.py" and not p.name.startswith("_"))
+HELPERS = {"common.py", "campaign.py"}  # shared modules, not experiments
+SCRIPTS = sorted(p for p in EXPERIMENTS.glob("*.py") if p.name not in HELPERS and not p.name.startswith("_"))
 
 
 def test_there_are_experiments():

@@ -273,7 +273,13 @@ class Trumpet(Method):
         return max(1, round(self.manifold_fraction * self.total_steps))
 
     def stage(self, step: int) -> int:
-        """1 (manifold) or 2 (density on the manifold) at optimiser step ``step``."""
+        """1 (manifold) or 2 (density on the manifold) at optimiser step ``step``.
+
+        Under a wall-clock budget (``train.max_time``: the engine sets ``progress``) and without ``manifold_steps``,
+        the switch is at the ``manifold_fraction`` of the budget (FIF App. E.3 gives Trumpet part of a 5 h budget).
+        """
+        if self.manifold_steps is None and self.progress is not None:
+            return 1 if self.progress < self.manifold_fraction else 2
         return 1 if step < self.switch_step() else 2
 
     def loss(self, batch: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:

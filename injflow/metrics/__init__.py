@@ -7,6 +7,7 @@ r"""Metrics of injective flows: FID, the tabular FID-like W2, exact on-manifold 
                                              loaded by path) and its pre-processing
 :mod:`~injflow.metrics.fid`                  batched feature extraction, FID, the reference-statistics cache
 :mod:`~injflow.metrics.inception_score`      Inception Score (needs real logits; none offline)
+:mod:`~injflow.metrics.reference`            reference sets for FID (papers' n, disjoint small-n protocol)
 :mod:`~injflow.metrics.likelihood`           exact on-manifold NLL with reconstruction error (FIF eq. 2)
 :mod:`~injflow.metrics.spectrum`             singular values of the decoder Jacobian (FIF App. E.1.2)
 :mod:`~injflow.metrics.evaluation`           the papers' evaluation protocol for one split
@@ -27,7 +28,15 @@ from .inception import (
     find_inception_weights,
     preprocess_images,
 )
-from .inception_score import LogitsUnavailableError, inception_score, inception_score_of_images
+from .inception_score import (
+    IS_UNAVAILABLE_REASON,
+    LogitsClassifier,
+    LogitsUnavailableError,
+    find_logits_classifier,
+    inception_score,
+    inception_score_of_images,
+)
+from .reference import PAPER_REFERENCE_N, FIDProtocol, ReferenceSet, dataset_reference, fid_protocol, reference_set
 from .likelihood import OnManifoldLikelihood, on_manifold_likelihood
 from .report import check_renders_in_chromium, read_run, write_report
 from .spectrum import decoder_singular_values, jacobian_singular_values, log_volume_from_singular_values, spectrum_summary
@@ -49,9 +58,18 @@ __all__ = [
     "fid",
     "default_cache_dir",
     "ReferenceStatsCache",
+    "IS_UNAVAILABLE_REASON",
+    "LogitsClassifier",
     "LogitsUnavailableError",
+    "find_logits_classifier",
     "inception_score",
     "inception_score_of_images",
+    "PAPER_REFERENCE_N",
+    "ReferenceSet",
+    "reference_set",
+    "FIDProtocol",
+    "fid_protocol",
+    "dataset_reference",
     "OnManifoldLikelihood",
     "on_manifold_likelihood",
     "decoder_singular_values",
