@@ -497,6 +497,7 @@ def train_run(plan: RunPlan, flag: Any) -> tuple[Any, Any, Any]:
         callbacks=callbacks,
         enable_progress_bar=t.progress_bar,
         enable_model_summary=False,
+        enable_checkpointing=False,  # RunCheckpoints writes last/best; Lightning's default callback would add its own
         log_every_n_steps=1,  # the module decides when to read values (train.log_every_n_steps)
         check_val_every_n_epoch=t.val_every_n_epochs,
         num_sanity_val_steps=0,  # sanity validation would shift the RNG stream and break identical resume
