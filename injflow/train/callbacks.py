@@ -285,8 +285,9 @@ class RunCheckpoints(L.Callback):
 
     Writing a checkpoint costs a serialisation and an fsync (tens of milliseconds even for small nets), which on
     runs of short epochs would cost more than the training. So: at the end of every epoch (after validation) the
-    monitored value is compared with the best so far, and an improvement is kept *in memory* (the whole checkpoint,
-    tensors copied); the files are written once ``interval`` seconds have passed since the last write, at the end of
+    monitored value is compared with the best so far, and an improvement is kept *in memory* (a copy of the weights:
+    ``best.ckpt`` holds weights, the run's description and its step, not the optimiser state — ``last.ckpt`` is the
+    one that resumes); the files are written once ``interval`` seconds have passed since the last write, at the end of
     training, and before a graceful stop. A ``kill -9`` therefore loses at most ``interval`` seconds plus one epoch
     (``train.checkpoint_every_n_steps`` adds mid-epoch checkpoints); a signal loses nothing.
 
@@ -317,7 +318,6 @@ class RunCheckpoints(L.Callback):
         self._written_at = time.monotonic()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        import copy
         import time
 
         value = trainer.callback_metrics.get(self.monitor)
@@ -326,14 +326,22 @@ class RunCheckpoints(L.Callback):
             better = self.best_score is None or (score < self.best_score if self.mode == "min" else score > self.best_score)
             if better and math.isfinite(score):
                 self.best_score = score
-                state = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-                self._pending_best = copy.deepcopy(state)  # this epoch's weights, written with the next write
+                self._pending_best = self._weights(trainer, pl_module)  # this epoch's weights, written with the next write
         if self.write_at_epoch_end or time.monotonic() - self._written_at >= self.interval:
             self.write(trainer)
             self.write_at_epoch_end = False
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.write(trainer)
+
+    @staticmethod
+    def _weights(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """A weights-only checkpoint of now (no optimiser state: ``best.ckpt`` is for evaluation, ``last.ckpt`` resumes)."""
+        checkpoint = {"epoch": trainer.current_epoch, "global_step": trainer.global_step,
+                      "state_dict": {k: v.detach().clone() for k, v in pl_module.state_dict().items()}}
+        pl_module.on_save_checkpoint(checkpoint)
+        checkpoint.pop("injflow_rng", None)
+        return checkpoint
 
     def write(self, trainer: L.Trainer) -> None:
         """Writes the pending best checkpoint and the current state as ``last.ckpt`` now."""
