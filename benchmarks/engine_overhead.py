@@ -9,6 +9,7 @@ median time per optimiser step and the ratio engine / plain, per config and thre
 
     .venv/bin/python benchmarks/engine_overhead.py                       # default config + small tabular, 1 and 2 threads
     .venv/bin/python benchmarks/engine_overhead.py --threads 1 --rounds 5 --epochs 10
+    .venv/bin/python benchmarks/engine_overhead.py --threads 1 --engine-set train.compile=true   # compiled engine vs eager loop
 """
 
 from __future__ import annotations
@@ -95,20 +96,29 @@ def engine_loop(config_path, epochs: int, extra: list[str]) -> tuple[float, int]
     return seconds, int(trainer.global_step)
 
 
-def measure(name: str, config_path, *, threads: int, rounds: int, epochs: int, extra: list[str]) -> dict:
+def measure(name: str, config_path, *, threads: int, rounds: int, epochs: int, extra: list[str],
+            engine_extra: list[str] = ()) -> dict:
     torch.set_num_threads(threads)
     plain, engine = [], []
     for _ in range(rounds):
         s, n = plain_loop(config_path, epochs, extra)
         plain.append(1e3 * s / n)
-        s, n_engine = engine_loop(config_path, epochs, extra)
+        s, n_engine = engine_loop(config_path, epochs, [*extra, *engine_extra])
         engine.append(1e3 * s / n_engine)
         assert n == n_engine, (n, n_engine)
     p, e = statistics.median(plain), statistics.median(engine)
     ratios = sorted(a / b for a, b in zip(engine, plain))
     return {"config": name, "threads": threads, "steps": n, "plain_ms_per_step": round(p, 2),
             "engine_ms_per_step": round(e, 2), "ratio": round(e / p, 3),
-            "ratio_range": [round(ratios[0], 3), round(ratios[-1], 3)], "rounds": rounds, "extra": extra}
+            "ratio_range": [round(ratios[0], 3), round(ratios[-1], 3)], "rounds": rounds, "extra": extra,
+            "engine_extra": list(engine_extra), "load_average": round(_load(), 2)}
+
+
+def _load() -> float:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -118,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=8, help="epochs per run (the default config has 40)")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--progress-bar", action="store_true", help="keep the engine's progress bar on")
+    parser.add_argument("--engine-set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="overrides for the engine runs only, e.g. train.compile=true (the plain loop stays eager)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args(argv)
     extra = [] if args.progress_bar else ["train.progress_bar=false"]
@@ -132,10 +144,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'config':<26} {'threads':>7} {'steps':>6} {'plain ms':>9} {'engine ms':>10} {'engine/plain':>13} {'range':>14}")
     for name in args.configs:
         for threads in args.threads:
-            r = measure(name, CONFIGS[name], threads=threads, rounds=args.rounds, epochs=args.epochs, extra=extra)
+            r = measure(name, CONFIGS[name], threads=threads, rounds=args.rounds, epochs=args.epochs, extra=extra,
+                        engine_extra=args.engine_set)
             results.append(r)
             print(f"{name:<26} {threads:>7} {r['steps']:>6} {r['plain_ms_per_step']:>9.2f} {r['engine_ms_per_step']:>10.2f} "
-                  f"{r['ratio']:>13.3f} {str(r['ratio_range']):>14}", flush=True)
+                  f"{r['ratio']:>13.3f} {str(r['ratio_range']):>14}  load {r['load_average']}", flush=True)
     if args.out:
         args.out.write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
 

@@ -50,15 +50,16 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CONFIGS, REPO  # noqa: E402
+from common import CONFIGS, REPO, accelerator_overrides  # noqa: E402
 
 __all__ = [
     "EvalSpec", "RunSpec", "Plan", "RunRecord", "CampaignResult", "STEP_SECONDS", "INCEPTION_SECONDS",
@@ -158,7 +159,7 @@ class Plan:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Plan":
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
         d = dict(d)
         d["runs"] = [RunSpec(**r) for r in d["runs"]]
         d["validation"] = EvalSpec(**d["validation"]) if d["validation"] else None
@@ -277,7 +278,7 @@ class RunLock:
             self.path.unlink(missing_ok=True)
             self.held = False
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -345,9 +346,10 @@ def _config_path(spec: RunSpec) -> Path:
 
 
 def run_overrides(spec: RunSpec, ctx: Context) -> list[str]:
-    """The spec's overrides plus the driver's: threads, no progress bar, no pictures, a checkpoint period."""
+    """The spec's overrides plus the driver's: threads, device, no progress bar, no pictures, a checkpoint period."""
     keys = {o.split("=", 1)[0] for o in spec.overrides}
-    extra = [f"train.num_threads={ctx.threads}", "train.progress_bar=false", "train.pictures=false"]
+    extra = [f"train.num_threads={ctx.threads}", "train.progress_bar=false", "train.pictures=false",
+             *accelerator_overrides(ctx.device)]
     if "train.checkpoint_every_n_steps" not in keys:
         extra.append("train.checkpoint_every_n_steps=50")  # a kill loses at most 50 steps
     return list(spec.overrides) + extra
@@ -404,8 +406,16 @@ def score_run(run_dir: Path, spec: EvalSpec, *, seed: int, device: str = "cpu", 
     """Scores one trained run on ``spec.split``: FID of reconstructions and of each sampler's samples against the
     reference set of :func:`injflow.metrics.fid_protocol`, reconstruction error, and IS where possible."""
     import injflow.api as inj
-    from injflow.metrics import (IS_UNAVAILABLE_REASON, LogitsUnavailableError, ReferenceStatsCache, feature_stats,
-                                 fid_protocol, find_logits_classifier, frechet_distance, inception_score_of_images)
+    from injflow.metrics import (
+        IS_UNAVAILABLE_REASON,
+        LogitsUnavailableError,
+        ReferenceStatsCache,
+        feature_stats,
+        fid_protocol,
+        find_logits_classifier,
+        frechet_distance,
+        inception_score_of_images,
+    )
     from injflow.train.config import load_config
 
     t0 = time.perf_counter()
@@ -877,7 +887,7 @@ def _worker_main(argv: list[str]) -> int:
     p.add_argument("run")
     p.add_argument("stages", help="comma-separated stages, e.g. train,val")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--fid-cache", default=None)
     p.add_argument("--interrupt-after-steps", type=int, default=None)
     p.add_argument("--retry-failed", action="store_true")

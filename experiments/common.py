@@ -25,9 +25,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 __all__ = [
     "SCALES", "REPO", "CONFIGS", "Experiment", "start", "write_table", "save_figure", "temporary_run_dir", "fit_run",
@@ -128,7 +129,8 @@ def start(name: str, description: str, argv: Sequence[str] | None = None, *, ext
                              "paper: the paper's budget (GPU). Default: cpu")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default results/<name>/<scale>)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
-    parser.add_argument("--device", default="cpu", help="torch device for training and evaluation (default cpu)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="device for training and evaluation (default cpu; pick a GPU with CUDA_VISIBLE_DEVICES)")
     for flags, kwargs in extra_args:
         parser.add_argument(*flags, **kwargs)
     args = parser.parse_args(argv)
@@ -198,12 +200,28 @@ def temporary_run_dir(prefix: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def accelerator_overrides(device: str) -> list[str]:
+    """Engine overrides for an experiment's ``--device``: ``cuda`` trains on one GPU; ``cpu`` needs none."""
+    if device == "cpu":
+        return []
+    if device == "cuda":
+        return ["train.accelerator=gpu", "train.devices=1"]
+    raise ValueError(f"--device {device!r}: experiments train on 'cpu' or 'cuda' "
+                     "(pick the GPU with CUDA_VISIBLE_DEVICES=N, e.g. CUDA_VISIBLE_DEVICES=1 ... --device cuda)")
+
+
+def model_device(flow: Any) -> Any:
+    """The device of a model's parameters (evaluation inputs go there)."""
+    return next(flow.parameters()).device
+
+
 def fit_run(
     config: str | Path | dict | None,
     overrides: Sequence[str] = (),
     *,
     run_dir: Path,
     threads: int | None = None,
+    device: str = "cpu",
     progress: bool = False,
     pictures: bool = False,
 ) -> Any:
@@ -214,6 +232,7 @@ def fit_run(
         overrides: Dotted ``key=value`` overrides (as ``injflow fit --set``).
         run_dir: The run folder.
         threads: ``train.num_threads`` (default: the config's).
+        device: Train on this device (the experiment's ``--device``); the returned flow is on it, so evaluation is too.
         progress: Show the engine's progress bar (off: experiments print one line per run instead).
         pictures: Draw the engine's end-of-run pictures (off: seconds per run, and sweeps rarely keep run folders).
 
@@ -231,7 +250,10 @@ def fit_run(
         overrides.append("train.pictures=false")
     if threads is not None:
         overrides.append(f"train.num_threads={threads}")
+    overrides += accelerator_overrides(device)
     result = inj.fit(config, overrides=overrides, run_dir=run_dir, verbose=False)
     if result.flow is None or not result.completed:
         raise RuntimeError(f"training in {run_dir} stopped early (see {run_dir}/metrics.csv)")
+    # Lightning hands the module back on the CPU at teardown; evaluation belongs on the training device.
+    result.flow = result.flow.to(device)
     return result

@@ -61,6 +61,7 @@ class Job:
     overrides: tuple[str, ...]
     threads: int
     keep_maps: bool
+    device: str = "cpu"
 
 
 def scale_settings(exp: Experiment) -> dict[str, Any]:
@@ -77,7 +78,7 @@ def scale_settings(exp: Experiment) -> dict[str, Any]:
     )
 
 
-def make_jobs(settings: dict[str, Any], threads: int) -> list[Job]:
+def make_jobs(settings: dict[str, Any], threads: int, device: str = "cpu") -> list[Job]:
     """One job per (σ, β, seed); the first seed (and every seed of the first σ) keeps its latent maps."""
     jobs = []
     for sigma in settings["sigmas"]:
@@ -90,7 +91,7 @@ def make_jobs(settings: dict[str, Any], threads: int) -> list[Job]:
                     "train.samplers=[]",  # post-fit samplers are not used here
                 )
                 keep = seed == settings["seeds"][0] or sigma == settings["sigmas"][0]
-                jobs.append(Job(settings["config"], sigma, beta, seed, overrides, threads, keep_maps=keep))
+                jobs.append(Job(settings["config"], sigma, beta, seed, overrides, threads, keep_maps=keep, device=device))
     return jobs
 
 
@@ -108,8 +109,8 @@ def run_job(job: Job) -> dict[str, Any]:
     import logging
 
     import torch
-
     from common import fit_run
+
     from injflow.metrics.likelihood import on_manifold_likelihood
     from injflow.train.config import load_config
     from injflow.train.runner import load_run_data
@@ -119,9 +120,9 @@ def run_job(job: Job) -> dict[str, Any]:
     torch.set_num_threads(job.threads)
     t0 = time.perf_counter()
     with temporary_run_dir(NAME) as run_dir:
-        result = fit_run(job.config, job.overrides, run_dir=run_dir, threads=job.threads)
+        result = fit_run(job.config, job.overrides, run_dir=run_dir, threads=job.threads, device=job.device)
         fit_s = time.perf_counter() - t0
-        x = load_run_data(load_config(run_dir / "config.yaml")).test
+        x = load_run_data(load_config(run_dir / "config.yaml")).test.to(job.device)
         flow = result.flow.eval()
         # Exact on-manifold NLL of the projection x̂ with its reconstruction error (FIF eq. 2, App. A).
         lik = on_manifold_likelihood(x, flow.encode, flow.decode, flow.latent.log_prob)
@@ -129,8 +130,8 @@ def run_job(job: Job) -> dict[str, Any]:
             z = flow.encode(x)[:, 0]
             maps = None
             if job.keep_maps:
-                grid = torch.linspace(-3.0, 3.0, LATENT_GRID).unsqueeze(1)  # ±3 prior std of p_Z = N(0, 1)
-                maps = {"x": x.numpy(), "z": z.numpy(), "manifold": flow.decode(grid).numpy()}
+                grid = torch.linspace(-3.0, 3.0, LATENT_GRID, device=x.device).unsqueeze(1)  # ±3 prior std of p_Z = N(0, 1)
+                maps = {"x": x.cpu().numpy(), "z": z.cpu().numpy(), "manifold": flow.decode(grid).cpu().numpy()}
         rec, rho = float(lik.reconstruction.mean()), abs(spearman(z, x[:, 0]))
         row = {
             "sigma": job.sigma, "beta": job.beta, "seed": job.seed,
@@ -302,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = scale_settings(exp)
     workers = exp.args.workers or settings["workers"]
     threads = exp.args.threads or 1
-    jobs = make_jobs(settings, threads)
+    jobs = make_jobs(settings, threads, exp.args.device)
     exp.log(f"{len(jobs)} runs ({len(settings['sigmas'])} σ × {len(settings['betas'])} β × "
             f"{len(settings['seeds'])} seeds), {workers} worker(s) × {threads} thread(s)")
     results = run_all(exp, jobs, workers)

@@ -6,9 +6,11 @@ weights β "ranging from 0.1 to 100" (fig. 9 shows β ∈ {0.1, 1, 10, 100}); fo
 latent samples z ~ p_Z, and (left) the sorted spectra per β, (right) the number of singular values ≥ 1 per β. The
 paper's claim: "a higher reconstruction weight gives rise to a higher number of non-vanishing singular values".
 
-Differences by design: the paper trains on *conditional* MNIST; the engine has no conditioning, so these models are
-unconditional (the spectra are taken at z ~ N(0, I) instead of 1024 samples per condition). The spectra are also
-taken at the encoded test images z = f(x) (second set of rows, ``points = test``).
+The paper trains on *conditional* MNIST: ``--conditional`` does too (encoder and decoder take the digit,
+``injflow.nets.conditional``; the spectra at z ~ N(0, I) are split evenly over the ten digits, as the paper's 1024
+samples per condition, and the test points are decoded with their own labels) and also draws **fig. 9**: samples
+per digit at each β. Without the flag the models are unconditional (the recorded cpu results, taken before the
+engine had conditioning). The spectra are also taken at the encoded test images z = f(x) (``points = test``).
 
 Error bars as in fig. 8: the count where the per-index q10 … q90 band of the spectra (the paper: mean ± std over
 five models) crosses y = 1, here over points of one model per β (cpu scale).
@@ -29,12 +31,13 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Experiment, fit_run, save_figure, start, temporary_run_dir, write_table  # noqa: E402
+from common import Experiment, fit_run, model_device, save_figure, start, temporary_run_dir, write_table  # noqa: E402
 
 NAME = "spectra_vs_beta"
 LATENT_DIM = 16  # FIF fig. 6 / App. D.1.1: the conditional MNIST model has d = 16
@@ -42,12 +45,13 @@ LATENT_DIM = 16  # FIF fig. 6 / App. D.1.1: the conditional MNIST model has d = 
 
 def model_config(exp: Experiment, beta: float, seed: int) -> dict:
     """One FIF training run (FIF eq. 7/17, §5 "Implementation details") at reconstruction weight ``beta``."""
+    conditional = bool(getattr(exp.args, "conditional", False))
     return {
-        "data": {"name": "mnist", "options": {"n_train": exp.pick(300, 8000, 50_000),
+        "data": {"name": "conditional_mnist" if conditional else "mnist", "options": {"n_train": exp.pick(300, 8000, 50_000),
                                               "n_val": exp.pick(100, 500, 10_000),
                                               "n_test": exp.pick(100, 2000, 10_000)},
                  "batch_size": 100},
-        "model": {"architecture": "fif_convnet", "latent_dim": LATENT_DIM,
+        "model": {"architecture": "fif_convnet", "latent_dim": LATENT_DIM, "conditional": conditional,
                   # App. E.1.2: table 11 "except that it has four times as many channels" (32 -> 128)
                   "options": exp.pick({"channel_factor": 4, "block_width": 64},
                                       {"channel_factor": 8, "block_width": 128}, {"channel_factor": 128})},
@@ -62,7 +66,8 @@ def train(exp: Experiment, beta: float, seed: int) -> tuple[torch.nn.Module, dic
     """Trains one model into a temporary folder (deleted afterwards); returns it in eval mode and its run facts."""
     t0 = time.perf_counter()
     with temporary_run_dir(f"spectra-beta{beta}") as run_dir:
-        result = fit_run(model_config(exp, beta, seed), run_dir=run_dir, threads=torch.get_num_threads())
+        result = fit_run(model_config(exp, beta, seed), run_dir=run_dir, threads=torch.get_num_threads(),
+                         device=exp.args.device)
     return result.flow.eval(), {"train_steps": result.global_step, "train_time_s": round(time.perf_counter() - t0, 1)}
 
 
@@ -71,11 +76,18 @@ def count_crossing(spectrum: Tensor) -> int:
     return int((spectrum >= 1.0).sum())
 
 
-def spectra(flow: torch.nn.Module, z: Tensor) -> Tensor:
-    """Singular values (N, d), descending, of g'(z) for each row of z (injflow.metrics.spectrum, FIF App. E.1.2)."""
+def spectra(flow: Any, z: Tensor, labels: Tensor | None = None) -> Tensor:
+    """Singular values (N, d), descending, of g'(z) (or g'(z; c) with the rows' labels) for each row of z
+    (injflow.metrics.spectrum, FIF App. E.1.2)."""
     from injflow.metrics.spectrum import decoder_singular_values
 
-    return decoder_singular_values(flow.decoder, z, batch_size=100)
+    if labels is None:
+        return decoder_singular_values(flow.decoder, z, batch_size=100)
+    out = torch.empty(z.shape[0], z.shape[1], dtype=torch.float64)
+    for k in labels.unique().tolist():
+        rows = (labels == k).nonzero().squeeze(1)
+        out[rows.cpu()] = decoder_singular_values(flow.with_label(k).decode, z[rows], batch_size=100)
+    return out
 
 
 def summarise(sv: Tensor, beta: float, seed: int, points: str, recon: float, facts: dict) -> dict:
@@ -98,15 +110,45 @@ def summarise(sv: Tensor, beta: float, seed: int, points: str, recon: float, fac
     }
 
 
-def evaluate(exp: Experiment, flow: torch.nn.Module, test: Tensor, n_points: int, seed: int) -> dict[str, Tensor]:
-    """Spectra at z ~ N(0, I) (the paper's generated samples) and at z = f(x) of test images; and the recon error."""
+def evaluate(exp: Experiment, flow: Any, test: Tensor, n_points: int, seed: int,
+             test_labels: Tensor | None = None) -> dict[str, Tensor]:
+    """Spectra at z ~ N(0, I) (the paper's generated samples) and at z = f(x) of test images; and the recon error.
+
+    A conditional model gets the prior points split evenly over its classes and the test points with their labels.
+    """
     gen = torch.Generator().manual_seed(seed)
-    z_prior = torch.randn(n_points, LATENT_DIM, generator=gen)
-    x = test[:n_points]
+    device = model_device(flow)
+    z_prior = torch.randn(n_points, LATENT_DIM, generator=gen).to(device)
+    x = test[:n_points].to(device)
+    prior_labels = c = None
+    if test_labels is not None:
+        prior_labels = (torch.arange(n_points) % flow.num_classes).to(device)
+        c = test_labels[:n_points].to(device)
     with torch.no_grad():
-        z_test = flow.encoder(x)
-        recon = float((flow.decoder(z_test) - x).pow(2).flatten(1).sum(1).mean())
-    return {"prior": spectra(flow, z_prior), "test": spectra(flow, z_test), "recon": recon}
+        z_test = flow.encode(x, c)
+        recon = float((flow.decode(z_test, c) - x).pow(2).flatten(1).sum(1).mean())
+    return {"prior": spectra(flow, z_prior, prior_labels).cpu(), "test": spectra(flow, z_test, c).cpu(), "recon": recon}
+
+
+def samples_figure(samples: dict[float, Tensor], path: Path, note: str) -> Path:
+    """FIF fig. 9: samples of the conditional model at each β — one row per β, ``per_digit`` columns per digit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    betas = sorted(samples)
+    fig, axes = plt.subplots(len(betas), 1, figsize=(10, 1.25 * len(betas) + 0.4), squeeze=False)
+    for ax, beta in zip(axes[:, 0], betas):
+        x = samples[beta].clamp(0, 1)  # (10 digits, per_digit, 1, 28, 28)
+        digits, per_digit = x.shape[:2]
+        rows = [torch.cat(list(x[k, :, 0]), dim=0) for k in range(digits)]  # each digit a column of per_digit images
+        ax.imshow(torch.cat(rows, dim=1).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.set_ylabel(f"β = {beta:g}", rotation=0, ha="right", va="center", fontsize=9)
+    axes[0, 0].set_title("samples z ~ N(0, I) per digit 0 … 9 (columns), conditional FIF", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path, note=note)
 
 
 def spectra_figure(results: dict, path: Path, note: str) -> Path:
@@ -162,19 +204,30 @@ def count_figure(rows: list[dict], path: Path, note: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    exp = start(NAME, __doc__, argv, extra_args=[(("--seed",), {"type": int, "default": 0, "help": "first seed (default 0)"})])
+    exp = start(NAME, __doc__, argv, extra_args=[
+        (("--seed",), {"type": int, "default": 0, "help": "first seed (default 0)"}),
+        (("--conditional",), {"action": "store_true",
+                              "help": "class-conditional models on conditional MNIST, as the paper; also draws fig. 9"}),
+    ])
     from injflow.data import load_dataset
 
     betas = exp.pick((1.0, 100.0), (0.1, 1.0, 10.0, 100.0), (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0))
     seeds = [exp.args.seed + i for i in range(exp.pick(1, 1, 5))]
     n_points = exp.pick(50, 500, 10_240)
-    test = load_dataset("mnist", seed=0, **model_config(exp, 1.0, 0)["data"]["options"]).test
-    rows, results, runs = [], {}, []
+    data_config = model_config(exp, 1.0, 0)["data"]
+    data = load_dataset(data_config["name"], seed=0, **data_config["options"])
+    test, test_labels = data.test, data.test_labels if exp.args.conditional else None
+    rows, results, runs, samples = [], {}, [], {}
+    per_digit = exp.pick(2, 4, 8)
     for beta in betas:
         for seed in seeds:
             flow, facts = train(exp, beta, seed)
-            ev = evaluate(exp, flow, test, n_points, seed)
+            ev = evaluate(exp, flow, test, n_points, seed, test_labels)
             results.setdefault(beta, []).append(ev)
+            if exp.args.conditional and seed == seeds[0]:
+                labels = torch.arange(flow.num_classes).repeat_interleave(per_digit)
+                samples[beta] = flow.sample(len(labels), c=labels, seed=seed).cpu().reshape(
+                    flow.num_classes, per_digit, *flow.data_shape)
             for points in ("prior", "test"):
                 rows.append(summarise(ev[points], beta, seed, points, ev["recon"], facts))
             exp.log(f"β={beta:g} seed {seed}: {facts['train_steps']} steps in {facts['train_time_s']} s; "
@@ -191,13 +244,17 @@ def main(argv: list[str] | None = None) -> None:
     from injflow.nets import count_parameters
 
     n_params = count_parameters(flow.encoder, flow.decoder)
-    note = (f"{exp.scale} scale: unconditional MNIST, FIF-ConvNet {n_params / 1e6:.2f}M params, d=16, "
+    kind = "conditional" if exp.args.conditional else "unconditional"
+    note = (f"{exp.scale} scale: {kind} MNIST, FIF-ConvNet {n_params / 1e6:.2f}M params, d=16, "
             f"{len(seeds)} model(s) per β, {runs[0]['train_steps']} steps each, {n_points} points; band = q10–q90 over points")
     spectra_figure(results, exp.out / "spectra", note)
     count_figure(rows, exp.out / "count_vs_beta", note)
+    if samples:
+        samples_figure(samples, exp.out / "fig9_samples", note)
     exp.finish(betas=list(betas), seeds=seeds, n_points=n_points, n_parameters=n_params, runs=runs,
                model=model_config(exp, betas[0], seeds[0]), bn_mode="eval",
-               notes="unconditional MNIST (paper: conditional); spectra of g'(z) at z ~ N(0, I) and at z = f(x_test)")
+               conditional=exp.args.conditional,
+               notes=f"{kind} MNIST (paper: conditional); spectra of g'(z) at z ~ N(0, I) and at z = f(x_test)")
 
 
 if __name__ == "__main__":

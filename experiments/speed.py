@@ -55,7 +55,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, Experiment, save_figure, start, write_table  # noqa: E402
 from tabular_ablation import (  # noqa: E402
-    COUPLING, accelerator_overrides, fmt, load_splits, mean_std, quiet_lightning, rnf_overrides, train_and_evaluate,
+    COUPLING,
+    fmt,
+    load_splits,
+    mean_std,
+    quiet_lightning,
+    rnf_overrides,
+    train_and_evaluate,
 )
 
 NAME = "speed"
@@ -237,7 +243,6 @@ def main(argv: list[str] | None = None) -> None:
     base = ["train.samplers=[]", "train.val_every_n_epochs=1000000", "train.log_every_n_steps=5"]
     if exp.scale == "paper":
         base.append("data.download=true")  # the MAF archive (~1 GB, docs/data.md)
-    base += accelerator_overrides(args.device)
     cfg, splits = load_splits(config, base)
     n = n_samples if n_samples is not None else int(splits.test.shape[0])
 
@@ -250,7 +255,8 @@ def main(argv: list[str] | None = None) -> None:
             methods["RNF"] = [*methods["RNF"], *rnf_overrides(folder, CONFIG, budget)]
         for seed in seeds:
             for method, overrides in methods.items():  # interleaved, so machine load hits every method alike
-                r = train_and_evaluate(config, [*base, *limits, *overrides], seed=seed, n_samples=n, threads=args.threads)
+                r = train_and_evaluate(config, [*base, *limits, *overrides], seed=seed, n_samples=n, threads=args.threads,
+                                       device=args.device)
                 rows.append({
                     "dataset": DATASET, "standin": cfg.data.name if folder == "small" else "-", "method": method,
                     "budget_steps": budget, "seed": seed, "steps": r.steps, "w2": r.w2, "reconstruction": r.reconstruction,

@@ -63,6 +63,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CONFIGS, Experiment, fit_run, save_figure, start, temporary_run_dir, write_table  # noqa: E402
+
 from injflow.metrics.frechet import fid_like_w2  # noqa: E402
 
 NAME = "tabular_ablation"
@@ -182,7 +183,8 @@ def mean_cg_iterations(run_dir: Path) -> float:
     return statistics.fmean(values) if values else math.nan
 
 
-def train_and_evaluate(config: str, overrides: list[str], *, seed: int, n_samples: int, threads: int | None) -> RunResult:
+def train_and_evaluate(config: str, overrides: list[str], *, seed: int, n_samples: int, threads: int | None,
+                       device: str = "cpu") -> RunResult:
     """Trains one model with the engine and returns its test W2 (FIF §5.1) and reconstruction error.
 
     A run whose loss turns non-finite (the engine stops it, ``NonFiniteLossError``) is evaluated from its last
@@ -196,13 +198,13 @@ def train_and_evaluate(config: str, overrides: list[str], *, seed: int, n_sample
     diverged = False
     with temporary_run_dir(NAME) as run_dir:
         try:
-            result = fit_run(config, [*overrides, f"train.seed={seed}"], run_dir=run_dir, threads=threads)
+            result = fit_run(config, [*overrides, f"train.seed={seed}"], run_dir=run_dir, threads=threads, device=device)
             flow, steps = result.flow, result.global_step
         except NonFiniteLossError:
             diverged = True
             steps = last_logged_step(run_dir)
             try:
-                flow = load_run_model(run_dir)
+                flow = load_run_model(run_dir).to(device)
             except FileNotFoundError:
                 flow = None
         wall = time.perf_counter() - t0
@@ -230,11 +232,6 @@ def quiet_lightning() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*(LeafSpec|log_every_n_steps|limit_val_batches|litlogger).*")
-
-
-def accelerator_overrides(device: str) -> list[str]:
-    """Engine overrides for ``--device`` (``cuda``: one GPU; the default ``cpu`` needs none)."""
-    return ["train.accelerator=gpu", "train.devices=1"] if device.startswith("cuda") else []
 
 
 def load_splits(config: str, overrides: list[str] = ()) -> tuple[Any, Any]:
@@ -363,7 +360,6 @@ def main(argv: list[str] | None = None) -> None:
     base = ["train.samplers=[]", "train.val_every_n_epochs=1000000"]  # the metric uses the prior only
     if exp.scale == "paper":
         base += ["data.download=true"]  # the MAF archive (~1 GB, docs/data.md)
-    base += accelerator_overrides(args.device)
 
     def limits(n: int | None) -> list[str]:
         return [f"train.max_steps={n}", "train.max_epochs=100000", "train.log_every_n_steps=5"] if n is not None else []
@@ -382,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
             if method == "RNF":
                 overrides += rnf_overrides(folder, DATASETS[ds], n_steps)
             for seed in seeds:
-                r = train_and_evaluate(config, overrides, seed=seed, n_samples=n, threads=args.threads)
+                r = train_and_evaluate(config, overrides, seed=seed, n_samples=n, threads=args.threads, device=args.device)
                 rows.append({
                     "dataset": ds, "standin": cfg.data.name if folder == "small" else "-", "data_dim": r.data_dim,
                     "latent_dim": cfg.model.latent_dim, "method": method, "architecture": arch, "manifold": manifold,

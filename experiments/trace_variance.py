@@ -112,18 +112,18 @@ def train_model(exp: Experiment) -> tuple[torch.nn.Module, Tensor, dict]:
     config = model_config(exp)
     t0 = time.perf_counter()
     with temporary_run_dir("trace_variance") as run_dir:
-        result = fit_run(config, run_dir=run_dir, threads=torch.get_num_threads())
+        result = fit_run(config, run_dir=run_dir, threads=torch.get_num_threads(), device=exp.args.device)
     flow = result.flow.eval()
     steps = result.global_step
     data = load_dataset("mnist", seed=0, **config["data"]["options"])
     info = {"model": config, "n_parameters": count_parameters(flow.encoder, flow.decoder),
             "train_steps": steps, "train_time_s": round(time.perf_counter() - t0, 1), "bn_mode": "eval"}
     with torch.no_grad():
-        x = data.test[:500]
+        x = data.test[:500].to(exp.args.device)
         info["test_reconstruction_error"] = float((flow.decoder(flow.encoder(x)) - x).pow(2).flatten(1).sum(1).mean())
     exp.log(f"trained {info['n_parameters']} parameters, {steps} steps in {info['train_time_s']} s; "
             f"test ‖x̂ − x‖² = {info['test_reconstruction_error']:.2f}")
-    return flow, data.test, info
+    return flow, data.test.to(exp.args.device), info
 
 
 def surrogate_gradient(flow: torch.nn.Module, x: Tensor, *, space: str, noise: str, k: int,
@@ -145,13 +145,13 @@ def measure(exp: Experiment, flow: torch.nn.Module, test: Tensor, setting_list: 
     Each draw takes a fresh random batch of test images and its exact gradient (K = d, orthogonal, latent space),
     then every setting that still needs draws estimates the gradient on that batch with fresh noise.
     """
-    gen = torch.Generator().manual_seed(exp.args.seed)
+    gen = torch.Generator(device=test.device).manual_seed(exp.args.seed)  # noise is drawn on the model's device
     results: dict[tuple, list[float]] = {}
     for b in sorted({s.batch_size for s in setting_list}):
         group = [s for s in setting_list if s.batch_size == b]
         t0 = time.perf_counter()
         for draw in range(max(s.draws for s in group)):
-            idx = torch.randperm(test.shape[0], generator=gen)[:b]
+            idx = torch.randperm(test.shape[0], generator=gen, device=gen.device)[:b]
             x = test[idx]
             exact = surrogate_gradient(flow, x, space="latent", noise="orthogonal", k=LATENT_DIM, generator=gen)
             norm = exact.norm()
@@ -167,7 +167,7 @@ def measure(exp: Experiment, flow: torch.nn.Module, test: Tensor, setting_list: 
 
 def exact_check(exp: Experiment, flow: torch.nn.Module, test: Tensor) -> dict:
     """Data-space K = D orthogonal (exact) vs latent-space K = d orthogonal (exact): both are ∇ tr(∂f' sg(g'))."""
-    gen = torch.Generator().manual_seed(exp.args.seed + 1)
+    gen = torch.Generator(device=test.device).manual_seed(exp.args.seed + 1)
     x = test[:1]
     big_d = x[0].numel()
     t0 = time.perf_counter()

@@ -52,7 +52,13 @@ __all__ = [
 ]
 
 
-def fit(config: Config | str | Path | dict | None = None, *, overrides: list[str] | tuple[str, ...] = (), run_dir: str | Path | None = None, verbose: bool = True) -> FitResult:
+def fit(
+    config: Config | str | Path | dict | None = None,
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+    run_dir: str | Path | None = None,
+    verbose: bool = True,
+) -> FitResult:
     """Trains from a config (object, dict, YAML path, or ``None`` for the embedded default), like ``injflow fit``.
 
     Arguments:

@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="injflow",
         formatter_class=_fmt,
         description="Injective flows (FIF, InjFlow) — train, sample, evaluate and report from YAML configs.",
-        epilog="example:\n  injflow fit && injflow evaluate runs/<the run folder fit printed> && injflow report runs/<the same folder>",
+        epilog="example:\n  injflow fit && injflow evaluate runs/<the run folder fit printed>"
+        " && injflow report runs/<the same folder>",
     )
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -45,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         help="train a model from a YAML config",
         description="Train a model. Without CONFIG, runs the embedded default (FIF on the noisy sinusoid, ~1 min on CPU).\n"
         "Writes a run folder: config.yaml, checkpoints/{last,best}.ckpt, metrics.csv, tensorboard/, plots/, model.pt.",
-        epilog="examples:\n  injflow fit\n  injflow fit configs/default.yaml --set method.beta=40 --set train.max_epochs=10 --set run.dir=runs/b40\n"
+        epilog="examples:\n  injflow fit\n"
+        "  injflow fit configs/default.yaml --set method.beta=40 --set train.max_epochs=10 --set run.dir=runs/b40\n"
         "  injflow fit --resume runs/b40",
     )
     f.add_argument("config", nargs="?", help="YAML config (default: the embedded configs/default.yaml)")

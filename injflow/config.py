@@ -25,9 +25,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:  # the methods import torch; the config module stays light
+    from .methods import Method
 
 __all__ = [
     "ConfigError",
@@ -310,11 +313,11 @@ class TrainConfig:
     the run) with a resumable checkpoint, as if the job were killed; unlike ``max_steps`` it does not
     change the LR or weight schedules. ``max_time`` is a wall-clock budget (seconds or ``"HH:MM:SS"``; FIF
     table 2 trains 5 h per model): training stops when it is spent, and schedules (β, the learning rate) are
-    defined over the budget instead of the epochs. ``compile: true`` (or a ``torch.compile`` backend name) trains FIF's
-    default estimator through one compiled function (:mod:`injflow.train.compile`). ``check_finite_every_n_steps`` is how often the host reads the
-    non-finite flag (``null``: every step on the CPU, where reading it costs nothing, and every 50 steps on an
-    accelerator, where every read is a synchronisation); the weights of a non-finite step never reach a checkpoint
-    either way.
+    defined over the budget instead of the epochs. ``compile: true`` (or a ``torch.compile`` backend name) trains
+    FIF's default estimator through one compiled function (:mod:`injflow.train.compile`).
+    ``check_finite_every_n_steps`` is how often the host reads the non-finite flag (``null``: every step on the
+    CPU, where reading it costs nothing, and every 50 steps on an accelerator, where every read is a
+    synchronisation); the weights of a non-finite step never reach a checkpoint either way.
     """
 
     seed: int = 0
@@ -405,7 +408,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
-    def build_method(self):
+    def build_method(self) -> Method:
         """The :class:`injflow.methods.Method` this config describes."""
         from .methods import build_method
 

@@ -20,12 +20,15 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from .registry import Registry
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "LatentDistribution",
@@ -410,7 +413,7 @@ def distribution_from_spec(spec: dict[str, Any]) -> LatentDistribution:
     return build_latent(name, dim, **spec)
 
 
-def _as_numpy64(z: Tensor):
+def _as_numpy64(z: Tensor) -> np.ndarray:
     z = torch.as_tensor(z).detach()
     if z.ndim != 2 or z.shape[0] < 2:
         raise ValueError(f"need at least 2 latent codes of shape (N, d) to fit a sampler, got {tuple(z.shape)}")

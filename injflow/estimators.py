@@ -25,7 +25,7 @@ import contextvars
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -287,7 +287,9 @@ class _LinearTangents(TorchFunctionMode):
     a dual weight or bias (e.g. a hypernetwork) keep PyTorch's rule.
     """
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(
+        self, func: Callable[..., Any], types: tuple[type, ...], args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         kwargs = kwargs or {}
         if func in _LINEAR_MAPS and len(args) >= 2:
             primal, tangent = fwAD.unpack_dual(args[0])
@@ -339,7 +341,9 @@ def reverse_jvp_operator(outputs: Tensor, inputs: Tensor, *, name: str = "functi
     return apply
 
 
-def jvp_reverse(outputs: Tensor, inputs: Tensor, tangent: Tensor, *, create_graph: bool = False, name: str = "function") -> Tensor:
+def jvp_reverse(
+    outputs: Tensor, inputs: Tensor, tangent: Tensor, *, create_graph: bool = False, name: str = "function"
+) -> Tensor:
     """One reverse-mode Jacobian-vector product; see :func:`reverse_jvp_operator`."""
     return reverse_jvp_operator(outputs, inputs, name=name)(tangent, create_graph=create_graph)
 
@@ -467,7 +471,9 @@ def volume_change_surrogate(
     return z, x_hat, sign * traces.mean(0)
 
 
-def _encoder_point(x_in: Tensor, z: Tensor, x_hat: Tensor, encode: Function, jacobian_at: str, reverse: bool):
+def _encoder_point(
+    x_in: Tensor, z: Tensor, x_hat: Tensor, encode: Function, jacobian_at: str, reverse: bool
+) -> tuple[Tensor, Tensor | None]:
     """The point p where f' is evaluated and, for reverse-mode products, f(p) with its graph."""
     if jacobian_at == "x":
         return x_in, z
@@ -482,7 +488,17 @@ def _forward_products(fn: Function, point: Tensor, tangents: Tensor, *, name: st
     return torch.stack([jvp(fn, point, t, name=name)[1] for t in tangents])
 
 
-def _surrogate_traces_encoder(x, x_in, z, eps, encode, decode, jacobian_at, latent, mode) -> tuple[Tensor, Tensor]:
+def _surrogate_traces_encoder(
+    x: Tensor,
+    x_in: Tensor,
+    z: Tensor,
+    eps: Tensor,
+    encode: Function,
+    decode: Function,
+    jacobian_at: Literal["x", "x_hat"],
+    latent: bool,
+    mode: Literal["mixed", "forward", "backward"],
+) -> tuple[Tensor, Tensor]:
     """Per-sample estimates of tr(∂f' · sg(g')) with the gradient on the encoder only, (K, B).
 
     ``eps`` holds the K noise vectors stacked, (K, B, ...); every reverse-mode product takes all K at once (one
@@ -524,7 +540,17 @@ def _surrogate_traces_encoder(x, x_in, z, eps, encode, decode, jacobian_at, late
     return x_hat, _dots(trainable, vjp(x_hat, z, eps, batched=True, name="decode"))
 
 
-def _surrogate_traces_decoder(x, x_in, z, eps, encode, decode, jacobian_at, latent, mode) -> tuple[Tensor, Tensor]:
+def _surrogate_traces_decoder(
+    x: Tensor,
+    x_in: Tensor,
+    z: Tensor,
+    eps: Tensor,
+    encode: Function,
+    decode: Function,
+    jacobian_at: Literal["x", "x_hat"],
+    latent: bool,
+    mode: Literal["mixed", "forward", "backward"],
+) -> tuple[Tensor, Tensor]:
     """Per-sample estimates of tr(sg(f') · ∂g') with the gradient on the decoder only (g' at z.detach()), (K, B)."""
     reverse = _encoder_products_are_reverse("latent" if latent else "data", mode)
     x_hat = _check_reconstruction(decode(z), x)  # reconstruction path, attached to the encoder
@@ -590,7 +616,9 @@ def fif_loss(
     z, x_hat, surrogate = volume_change_surrogate(x, encode, decode, **surrogate_options)
     log_prob = standard_normal_log_prob(z) if latent_log_prob is None else latent_log_prob(z)
     if not isinstance(log_prob, Tensor) or log_prob.shape != surrogate.shape:
-        raise ValueError(f"latent_log_prob must return shape {tuple(surrogate.shape)}, got {getattr(log_prob, 'shape', log_prob)}")
+        raise ValueError(
+            f"latent_log_prob must return shape {tuple(surrogate.shape)}, got {getattr(log_prob, 'shape', log_prob)}"
+        )
     reconstruction = (x_hat - x).pow(2).flatten(1).sum(1)
     nll = -log_prob + surrogate
     return {
@@ -652,7 +680,17 @@ def decoder_jvp_sq_norm(
     return x_hat, jtv.pow(2).sum(1), v.pow(2).flatten(1).sum(1) * z.shape[1] / x_hat[0].numel()
 
 
-def _kumar_terms(x, encode, decode, *, sigma, eta, jacobian, fd_step, generator) -> dict[str, Tensor]:
+def _kumar_terms(
+    x: Tensor,
+    encode: Function,
+    decode: Function,
+    *,
+    sigma: float,
+    eta: float,
+    jacobian: Literal["jvp", "finite_difference", "vjp"],
+    fd_step: float,
+    generator: torch.Generator | None,
+) -> dict[str, Tensor]:
     _check_data(x)
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma!r}")

@@ -234,7 +234,9 @@ def load_torch(path: str | Path, *, what: str = "file", map_location: Any = "cpu
                 f"yourself and trust it, save its tensors instead (e.g. a state_dict)"
             ) from None
         raise _corrupt(path, what, pickle.UnpicklingError("its bytes are not a torch file")) from None
-    except (EOFError, RuntimeError, OSError, ValueError, KeyError, AttributeError, TypeError) as e:
+    except Exception as e:  # arbitrary bytes reach the unpickler's internals (IndexError, struct.error,
+        # UnicodeDecodeError, OverflowError, ...): whatever it raises, the file is corrupt, and nothing was executed
+        # (weights_only=True never imports a global).
         raise _corrupt(path, what, e) from None
 
 

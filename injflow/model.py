@@ -18,6 +18,7 @@ labels ``c`` of shape ``(B,)``; every map then takes ``c`` (FIF figs. 6, 8, 9 us
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,9 @@ DATA_KINDS = ("toy", "tabular", "image")
 MAX_SAMPLER_POINTS = 50_000
 
 
-def _batched(fn, x: Tensor, batch_size: int | None, c: Tensor | None = None):
+def _batched(
+    fn: Callable[..., Tensor | tuple[Tensor, ...]], x: Tensor, batch_size: int | None, c: Tensor | None = None
+) -> Tensor | tuple[Tensor, ...]:
     if batch_size is None or x.shape[0] <= batch_size:
         return fn(x) if c is None else fn(x, c)
     outs = [fn(x[i : i + batch_size]) if c is None else fn(x[i : i + batch_size], c[i : i + batch_size])
@@ -404,7 +407,8 @@ class InjectiveFlow(nn.Module):
                 rec = torch.empty(x.shape[0], device=device, dtype=dtype)
                 for k in labels.unique().tolist():
                     rows = (labels == k).nonzero().flatten()
-                    lp[rows.to(device)], rec[rows.to(device)] = _batched(lambda xb: one(xb, self.with_label(k)), x[rows],
+                    # k=k binds this iteration's class (the lambda is only called inside _batched, right here).
+                    lp[rows.to(device)], rec[rows.to(device)] = _batched(lambda xb, k=k: one(xb, self.with_label(k)), x[rows],
                                                                          batch_size)
         finally:
             self.train(was_training)

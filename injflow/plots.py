@@ -14,11 +14,16 @@ import math
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:  # matplotlib is imported lazily, by _plt
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = [
     "read_metrics_csv",
@@ -33,7 +38,7 @@ __all__ = [
 ]
 
 
-def _plt():
+def _plt() -> ModuleType:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -42,7 +47,7 @@ def _plt():
     return plt
 
 
-def _save(fig, out: str | Path, *, dpi: int = 100, tight: bool = True) -> Path:
+def _save(fig: Figure, out: str | Path, *, dpi: int = 100, tight: bool = True) -> Path:
     """Lays out, writes (creating the folder, without a creation date) and closes a figure."""
     if tight:
         fig.tight_layout()
@@ -188,7 +193,7 @@ def plot_manifold(flow: Any, data: Tensor, out: str | Path, *, samplers: list[st
     fig = plt.figure(figsize=(4.5 * n_panels, 4.2))
     x = data.cpu().numpy()
 
-    def axis(i):
+    def axis(i: int) -> Axes:
         return fig.add_subplot(1, n_panels, i, projection=proj) if proj else fig.add_subplot(1, n_panels, i)
 
     ax = axis(1)

@@ -32,10 +32,13 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import RunFolderError, RunLockedError, UnfinishedRunError
 from .io import atomic_write_json, atomic_write_text, remove_stale_temp_files
+
+if TYPE_CHECKING:
+    from .config import Config
 
 __all__ = ["RunDir", "RunLock", "STATES"]
 
@@ -169,7 +172,7 @@ class RunDir:
         data = config_to_dict(config) if isinstance(config, Config) else config
         return atomic_write_text(self.config, yaml.safe_dump(data, sort_keys=False))
 
-    def read_config(self, overrides: list[str] | tuple[str, ...] = ()):
+    def read_config(self, overrides: list[str] | tuple[str, ...] = ()) -> Config:
         """The run's config with ``overrides`` applied (validated)."""
         from .config import load_config
 

@@ -28,7 +28,7 @@ DATA_SHAPES: dict[str, tuple[int, ...]] = {
     "sinusoid": (2,), "circle": (2,), "moons": (2,), "swiss_roll": (3,),
     "power": (6,), "gas": (8,), "hepmass": (21,), "miniboone": (43,), "bsds300": (63,),
     "iris": (4,), "diabetes": (10,), "wine": (13,), "breast_cancer": (30,),
-    "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "digits": (1, 8, 8),
+    "mnist": (1, 28, 28), "conditional_mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "digits": (1, 8, 8),
     "cifar10": (3, 32, 32), "celeba": (3, 64, 64),
 }
 # Data that is not available offline (downloads or manual files): small variants must not use it.
@@ -82,7 +82,8 @@ def test_config_loads_validates_and_builds(path):
     shape = _shape(config)
     method = config.build_method()
     check_dimensions(config, shape, method)
-    flow = InjectiveFlow.from_config(config, data_shape=shape)
+    num_classes = 10 if config.model.conditional else None  # the conditional configs' data sets have ten classes
+    flow = InjectiveFlow.from_config(config, data_shape=shape, num_classes=num_classes)
     n_params = sum(p.numel() for p in flow.parameters() if p.requires_grad)
     assert n_params > 0
     assert flow.latent_dim == config.model.latent_dim
@@ -144,6 +145,7 @@ def test_small_variant_runs_offline(path, tmp_path, cached_data, monkeypatch):
     assert (result.run_dir / "model.pt").is_file()
     assert "val/loss" in (result.run_dir / "metrics.csv").read_text().splitlines()[0]  # the validation batch ran
     x = torch.zeros(2, *DATA_SHAPES[config.data.name])
+    labels = torch.zeros(2, dtype=torch.long) if config.model.conditional else None  # class 0 for a conditional model
     with torch.no_grad():
-        z = result.flow.encode(x)
+        z = result.flow.encode(x, labels)
     assert z.shape == (2, config.model.latent_dim) and torch.isfinite(z).all()

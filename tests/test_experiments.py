@@ -50,3 +50,21 @@ def test_help_of_every_experiment_names_its_scales(capsys, monkeypatch):
         with pytest.raises(SystemExit) as done:
             runpy.run_path(str(script), run_name="__main__")
         assert done.value.code == 0 and "--scale" in capsys.readouterr().out, script.name
+
+
+def test_spectra_vs_beta_conditional_draws_fig9(tmp_path):
+    # FIF figs. 8/9 are on conditional MNIST: the --conditional path trains class-conditional models and draws the
+    # per-digit samples of fig. 9 next to the spectra.
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(EXPERIMENTS / "spectra_vs_beta.py"), "--scale", "smoke", "--conditional", "--out", str(out),
+         "--threads", "1"], capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["conditional"] is True and summary["model"]["model"]["conditional"] is True
+    assert summary["model"]["data"]["name"] == "conditional_mnist"
+    assert (out / "fig9_samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with (out / "spectra_vs_beta.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["points"] for r in rows} == {"prior", "test"} and all(float(r["mean_count_ge1"]) >= 0 for r in rows)

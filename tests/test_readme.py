@@ -22,6 +22,6 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
 def test_readme_opens_with_the_two_commands():
     commands = re.findall(r"```bash\n(.*?)\n```", README.read_text(), flags=re.S)[:2]
     assert commands[0].startswith("bash scripts/setup.sh && .venv/bin/injflow fit")
-    assert commands[1] == "bash scripts/setup.sh && .venv/bin/python -m pytest"
+    assert commands[1] == "bash scripts/setup.sh && .venv/bin/ruff check . && .venv/bin/python -m pytest"
     ci = (README.parent / ".ci" / "run").read_text()
     assert commands[1] in ci

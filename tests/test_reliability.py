@@ -249,7 +249,7 @@ def test_corrupt_or_mismatched_checkpoint_gets_one_line(finished_run, foreign_ch
     if kind == "truncated":
         last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     elif kind == "random bytes":
-        last.write_bytes(os.urandom(4096))
+        last.write_bytes(random_bytes(4096, seed=1))
     elif kind == "empty":
         last.write_bytes(b"")
     else:
@@ -265,13 +265,36 @@ def test_corrupt_or_mismatched_checkpoint_gets_one_line(finished_run, foreign_ch
 def test_corrupt_model_file_gets_one_line(finished_run, tmp_path, capsys, kind):
     run = copy_run(finished_run, tmp_path / "run")
     model = run / "model.pt"
-    data = {"truncated": model.read_bytes()[:100], "random bytes": os.urandom(2048), "empty": b""}
+    data = {"truncated": model.read_bytes()[:100], "random bytes": random_bytes(2048, seed=2), "empty": b""}
     if kind == "not a model":
         torch.save({"weights": torch.ones(3)}, model)
     else:
         model.write_bytes(data[kind])
     one_line_error(capsys, main(["evaluate", str(run)]), mentions="model.pt")
     one_line_error(capsys, main(["sample", str(run), "--n", "3"]), mentions="model.pt")
+
+
+def random_bytes(n: int, *, seed: int, prefix: bytes = b"") -> bytes:
+    """``n`` seeded random bytes after ``prefix`` (seeded: a failure reproduces)."""
+    import random
+
+    return prefix + random.Random(seed).randbytes(n)
+
+
+# A zip header or a pickle protocol opcode sends garbage deep into torch's readers (the weights-only unpickler
+# raised IndexError on one such file): every kind must end in CheckpointError, never another exception.
+GARBAGE_PREFIXES = {"plain": b"", "zip": b"PK\x03\x04", "pickle": b"\x80\x02", "pickle5": b"\x80\x05\x95"}
+
+
+@pytest.mark.parametrize("prefix", list(GARBAGE_PREFIXES), ids=list(GARBAGE_PREFIXES))
+def test_any_garbage_file_is_a_checkpoint_error(tmp_path, prefix):
+    from injflow.io import load_torch
+
+    path = tmp_path / "last.ckpt"
+    for seed in range(150):
+        path.write_bytes(random_bytes(1 + seed * 13 % 3000, seed=seed, prefix=GARBAGE_PREFIXES[prefix]))
+        with pytest.raises(CheckpointError, match="last.ckpt"):
+            load_torch(path, what="checkpoint")
 
 
 # --------------------------------------------------------------------------- 6. metrics.csv after a resume

@@ -124,7 +124,7 @@ def _count(option: str, value: float | int, n: int) -> int:
 def load_array(
     *,
     seed: int,
-    root,
+    root: str | Path | None,
     download: bool,
     path: str | None = None,
     key: str | None = None,

@@ -13,6 +13,7 @@ import gzip
 import io
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +21,7 @@ import numpy as np
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def _open(path: str | Path):
+def _open(path: str | Path) -> io.BufferedIOBase:
     path = Path(path)
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
@@ -66,7 +67,7 @@ class _ArrayUnpickler(pickle.Unpickler):
         ("_codecs", "encode"),
     }
 
-    def find_class(self, module: str, name: str):
+    def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
@@ -82,7 +83,7 @@ _PANDAS_TOP_LEVEL = {"DataFrame", "Series", "Index", "RangeIndex", "MultiIndex",
                      "StringDtype", "CategoricalDtype", "Categorical", "Timestamp", "NaT"}
 
 
-def read_dataframe_pickle(path: str | Path):
+def read_dataframe_pickle(path: str | Path) -> Any:
     r"""Loads a pickled pandas DataFrame of data (the upstream GAS file) without running code.
 
     Like ``pandas.read_pickle`` (with pandas' renaming of old class locations), but only data-structure classes of
@@ -91,7 +92,7 @@ def read_dataframe_pickle(path: str | Path):
     import pandas.compat.pickle_compat as compat
 
     class _DataFrameUnpickler(compat.Unpickler):
-        def find_class(self, module: str, name: str):
+        def find_class(self, module: str, name: str) -> Any:
             module, name = compat._class_locations_map.get((module, name), (module, name))
             allowed = (
                 (module, name) in _ArrayUnpickler._ALLOWED
@@ -122,7 +123,7 @@ def read_npy(path: str | Path, what: str) -> np.ndarray:
                          f"there or download it again (download=True)") from None
 
 
-def read_array_pickle(path: str | Path):
+def read_array_pickle(path: str | Path) -> Any:
     r"""Loads a (possibly gzipped) pickle holding only numpy arrays and plain containers.
 
     Python 2 pickles (the classic `mnist.pkl.gz`, CIFAR-10 batches) are read with `latin1`

@@ -29,6 +29,7 @@ import importlib.util
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -201,7 +202,19 @@ def read_mnist_pickle(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndar
     return images[0], np.concatenate([ty, vy]).astype(np.int64), images[1], np.asarray(sy, dtype=np.int64)
 
 
-def _load_mnist_like(name, seed, root, download, *, source, folder_name, files, url, offline, **options):
+def _load_mnist_like(
+    name: str,
+    seed: int,
+    root: str | Path | None,
+    download: bool,
+    *,
+    source: str,
+    folder_name: str,
+    files: dict[str, tuple[str, str]],
+    url: str,
+    offline: Callable[[], Path | None],
+    **options,
+) -> DataSplits:
     n_train, n_val, n_test = options["n_train"], options["n_val"], options["n_test"]
     flatten, conditional = options["flatten"], options["conditional"]
     folder = data_root(root) / folder_name
@@ -259,7 +272,7 @@ _OFFLINE_HOW = {
 def load_mnist(
     *,
     seed: int,
-    root,
+    root: str | Path | None,
     download: bool,
     n_train: int | None = None,
     n_val: int = 10_000,
@@ -285,7 +298,7 @@ def load_mnist(
 def load_fashion_mnist(
     *,
     seed: int,
-    root,
+    root: str | Path | None,
     download: bool,
     n_train: int | None = None,
     n_val: int = 10_000,
@@ -314,7 +327,7 @@ def load_fashion_mnist(
 def load_cifar10(
     *,
     seed: int,
-    root,
+    root: str | Path | None,
     download: bool,
     n_train: int | None = None,
     n_val: int = 10_000,
@@ -405,7 +418,7 @@ def _celeba_arrays(base: Path, cache: bool) -> dict[int, np.ndarray]:
 def load_celeba(
     *,
     seed: int,
-    root,
+    root: str | Path | None,
     download: bool,
     n_train: int | None = None,
     n_val: int | None = None,
@@ -458,7 +471,7 @@ def load_celeba(
 def load_digits(
     *,
     seed: int,
-    root,
+    root: str | Path | None,
     download: bool,
     n_train: int | None = None,
     n_val: int | None = None,

@@ -17,10 +17,13 @@ __all__ = [
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
+
+_ArrayT = TypeVar("_ArrayT", np.ndarray, Tensor)
 
 
 @dataclass(frozen=True)
@@ -222,7 +225,9 @@ def seeded_generator(seed: int, *stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 31 ^ int(state[1]))
 
 
-def take_subset(x: Tensor, n: int | None, generator: torch.Generator, labels: Tensor | None = None):
+def take_subset(
+    x: Tensor, n: int | None, generator: torch.Generator, labels: Tensor | None = None
+) -> tuple[Tensor, Tensor | None]:
     r"""Keeps `n` seeded random rows of `x` (in their original order), or all rows if `n` is None.
 
     Arguments:
@@ -247,7 +252,7 @@ def take_subset(x: Tensor, n: int | None, generator: torch.Generator, labels: Te
     return x[idx], None if labels is None else labels[idx]
 
 
-def split_tail(x: np.ndarray | Tensor, n_tail: int):
+def split_tail(x: _ArrayT, n_tail: int) -> tuple[_ArrayT, _ArrayT]:
     r"""Splits off the last `n_tail` rows: returns `(head, tail)`, which never overlap.
 
     Used for validation sets taken from the *end* of a training set (FIF App. E.4: "reserving the

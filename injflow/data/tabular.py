@@ -22,6 +22,7 @@ __all__ = [
 
 import pickle
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -167,7 +168,7 @@ def _maf_paths(name: str, root: str | Path | None, download: bool) -> list[Path]
     return require_files(name.upper(), files, download=download, fetcher=fetcher, how=how)
 
 
-def _optional_import(module: str, what: str):
+def _optional_import(module: str, what: str) -> ModuleType:
     try:
         return __import__(module)
     except ImportError as error:
@@ -196,7 +197,8 @@ def _maf_result(name: str, splits: _Splits, seed: int, sizes: dict, source: Path
 
 @register("power")
 def load_power(
-    *, seed: int, root, download: bool, n_train: int | None = None, n_val: int | None = None, n_test: int | None = None
+    *, seed: int, root: str | Path | None, download: bool,
+    n_train: int | None = None, n_val: int | None = None, n_test: int | None = None,
 ) -> DataSplits:
     r"""POWER (UCI household electric power), 6-D, MAF preprocessing (:func:`preprocess_power`)."""
     (path,) = _maf_paths("power", root, download)
@@ -206,7 +208,8 @@ def load_power(
 
 @register("gas")
 def load_gas(
-    *, seed: int, root, download: bool, n_train: int | None = None, n_val: int | None = None, n_test: int | None = None
+    *, seed: int, root: str | Path | None, download: bool,
+    n_train: int | None = None, n_val: int | None = None, n_test: int | None = None,
 ) -> DataSplits:
     r"""GAS (UCI gas sensor array, ethylene + CO), 8-D, MAF preprocessing (:func:`preprocess_gas`).
 
@@ -224,7 +227,8 @@ def load_gas(
 
 @register("hepmass")
 def load_hepmass(
-    *, seed: int, root, download: bool, n_train: int | None = None, n_val: int | None = None, n_test: int | None = None
+    *, seed: int, root: str | Path | None, download: bool,
+    n_train: int | None = None, n_val: int | None = None, n_test: int | None = None,
 ) -> DataSplits:
     r"""HEPMASS (UCI, mass 1000 signal events), 21-D, MAF preprocessing (:func:`preprocess_hepmass`)."""
     train_path, test_path = _maf_paths("hepmass", root, download)
@@ -234,7 +238,8 @@ def load_hepmass(
 
 @register("miniboone")
 def load_miniboone(
-    *, seed: int, root, download: bool, n_train: int | None = None, n_val: int | None = None, n_test: int | None = None
+    *, seed: int, root: str | Path | None, download: bool,
+    n_train: int | None = None, n_val: int | None = None, n_test: int | None = None,
 ) -> DataSplits:
     r"""MINIBOONE (UCI particle identification), 43-D, MAF preprocessing (:func:`preprocess_miniboone`)."""
     (path,) = _maf_paths("miniboone", root, download)
@@ -244,7 +249,8 @@ def load_miniboone(
 
 @register("bsds300")
 def load_bsds300(
-    *, seed: int, root, download: bool, n_train: int | None = None, n_val: int | None = None, n_test: int | None = None
+    *, seed: int, root: str | Path | None, download: bool,
+    n_train: int | None = None, n_val: int | None = None, n_test: int | None = None,
 ) -> DataSplits:
     r"""BSDS300 8×8 natural-image patches, 63-D, as stored by MAF (already preprocessed; HDF5 datasets
     `train`, `validation`, `test`). Reading HDF5 needs the optional package h5py."""
@@ -294,7 +300,7 @@ def _sklearn_standin(name: str, seed: int, sizes: dict, conditional: bool) -> Da
 def load_sklearn_standin(
     *,
     seed: int,
-    root,
+    root: str | Path | None,
     download: bool,
     standin: str,
     n_train: int | None = None,

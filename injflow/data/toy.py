@@ -19,6 +19,7 @@ __all__ = [
 
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -180,7 +181,7 @@ def _toy_splits(
 def load_sinusoid(
     *,
     seed: int,
-    root,
+    root: str | Path | None,
     download: bool,
     n_train: int = 10_000,
     n_val: int = 2_000,
@@ -206,7 +207,7 @@ def load_sinusoid(
 def load_circle(
     *,
     seed: int,
-    root,
+    root: str | Path | None,
     download: bool,
     n_train: int = 10_000,
     n_val: int = 2_000,
@@ -229,7 +230,7 @@ def load_circle(
 def load_moons(
     *,
     seed: int,
-    root,
+    root: str | Path | None,
     download: bool,
     n_train: int = 10_000,
     n_val: int = 2_000,
@@ -252,7 +253,7 @@ def load_moons(
 def load_swiss_roll(
     *,
     seed: int,
-    root,
+    root: str | Path | None,
     download: bool,
     n_train: int = 10_000,
     n_val: int = 2_000,
@@ -274,7 +275,7 @@ def load_swiss_roll(
 def load_linear_subspace(
     *,
     seed: int,
-    root,
+    root: str | Path | None,
     download: bool,
     n_train: int = 10_000,
     n_val: int = 2_000,

@@ -238,8 +238,8 @@ class Trumpet(Method):
     all terms; only the active stage's objective is differentiated.
 
     The switch is at ``round(manifold_fraction * total_steps)`` (the engine sets ``total_steps``), or at
-    ``manifold_steps`` when that is set. FIF App. E.3 gave Trumpet 2, 5 or 10 manifold epochs of a 5-hour budget (10 was best); the
-    authors' default is 2 of 400 epochs.
+    ``manifold_steps`` when that is set. FIF App. E.3 gave Trumpet 2, 5 or 10 manifold epochs of a 5-hour budget
+    (10 was best); the authors' default is 2 of 400 epochs.
 
     Arguments:
         manifold_fraction: Fraction of the run spent in stage 1 (default 0.5: chosen, not from either paper).

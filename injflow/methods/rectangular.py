@@ -28,7 +28,9 @@ class _BetaMethod(Method):
         if self._schedules["beta"].bounds()[0] < 0:
             raise ValueError("beta: the reconstruction weight must be >= 0")
 
-    def _assemble(self, batch: Tensor, z: Tensor, x_hat: Tensor, volume: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:
+    def _assemble(
+        self, batch: Tensor, z: Tensor, x_hat: Tensor, volume: Tensor, step: int, model: ModelLike
+    ) -> dict[str, Tensor]:
         reconstruction = (x_hat - batch).flatten(1).pow(2).sum(1)
         nll = -model.latent.log_prob(z) + volume
         return {
@@ -49,7 +51,8 @@ class RectangularFlow(_BetaMethod):
         n_hutchinson, noise: Hutchinson samples and their distribution.
         grad_to: ``decoder`` (Caterini et al.) or ``encoder`` (FIF table 6 "RF" rows).
         jacobian_at: For ``grad_to=encoder``: ``x`` (off-manifold) or ``x_hat`` (on-manifold).
-        cg_tol, cg_max_iter: Conjugate-gradient tolerance and iteration cap (``None`` = 2d; exact arithmetic needs d, float32 round-off often more).
+        cg_tol, cg_max_iter: Conjugate-gradient tolerance and iteration cap (``None`` = 2d; exact arithmetic needs d,
+            float32 round-off often more).
     """
 
     n_hutchinson: int = 1

@@ -54,6 +54,7 @@ def core_terms(x: Tensor, z: Tensor, x_hat: Tensor) -> dict[str, Tensor]:
         :math:`\|z\|^2` (its mean is d under a standard-normal aggregate posterior), each of shape (B,).
 
     Example:
+        >>> import torch
         >>> t = core_terms(torch.ones(2, 3), torch.ones(2, 1), torch.zeros(2, 3))
         >>> t["reconstruction"].tolist(), t["latent_sq_norm"].tolist()
         ([3.0, 3.0], [1.0, 1.0])
@@ -78,6 +79,7 @@ def decoder_weight_penalty(model: ModelLike) -> Tensor:
     PyTorch's (coupled) ``weight_decay=w`` applied to the decoder only.
 
     Example:
+        >>> import torch
         >>> m = nn.Module(); m.decoder = nn.Linear(1, 2, bias=False)
         >>> with torch.no_grad(): _ = m.decoder.weight.fill_(2.0)
         >>> float(decoder_weight_penalty(m).detach())
@@ -117,6 +119,7 @@ def jacobian_frobenius_sq(
         ``(fn(inputs), estimate)``; the first keeps its graph, the second has shape (B,).
 
     Example:
+        >>> import torch
         >>> lin = nn.Linear(3, 2, bias=False)
         >>> _, est = jacobian_frobenius_sq(lin, torch.randn(4, 3), side="output", n_hutchinson=2, noise="orthogonal")
         >>> torch.allclose(est, lin.weight.pow(2).sum().expand(4), atol=1e-5)
@@ -243,7 +246,8 @@ class AESN(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.n_power_iterations, bool) or not isinstance(self.n_power_iterations, int) or self.n_power_iterations < 1:
+        n = self.n_power_iterations
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n_power_iterations: must be an integer >= 1, got {self.n_power_iterations!r}")
 
     def prepare(self, model: ModelLike) -> None:

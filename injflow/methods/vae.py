@@ -124,7 +124,9 @@ class _GaussianVAE(Method):
             )
         mean, log_var = posterior(batch)
         if log_var.shape != mean.shape:
-            raise ValueError(f"{self.name}: posterior log-variance shape {tuple(log_var.shape)} != mean shape {tuple(mean.shape)}")
+            raise ValueError(
+                f"{self.name}: posterior log-variance shape {tuple(log_var.shape)} != mean shape {tuple(mean.shape)}"
+            )
         eps = torch.randn_like(mean)
         z = mean + (0.5 * log_var).exp() * eps
         sampled = (model.decode(z) - batch).flatten(1).pow(2).sum(1)
@@ -160,7 +162,8 @@ class VAE(_GaussianVAE):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or not self.sigma > 0 or not math.isfinite(self.sigma):
+        sigma = self.sigma
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0 or not math.isfinite(sigma):
             raise ValueError(f"sigma: the decoder's standard deviation must be a finite number > 0, got {self.sigma!r}")
 
     def loss(self, batch: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:

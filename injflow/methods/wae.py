@@ -38,7 +38,9 @@ __all__ = ["WAEMMD", "mmd_squared", "kernel_matrix"]
 KERNELS = ("imq", "rbf")
 
 
-def kernel_matrix(a: Tensor, b: Tensor, *, kernel: str = "imq", bandwidth: float = 1.0, scales: Sequence[float] = (1.0,)) -> Tensor:
+def kernel_matrix(
+    a: Tensor, b: Tensor, *, kernel: str = "imq", bandwidth: float = 1.0, scales: Sequence[float] = (1.0,)
+) -> Tensor:
     r"""The (n, m) kernel matrix :math:`k(a_i, b_j)` of the multi-scale IMQ or RBF kernel with :math:`C = 2dh^2`.
 
     Example:
@@ -57,7 +59,9 @@ def kernel_matrix(a: Tensor, b: Tensor, *, kernel: str = "imq", bandwidth: float
     return total
 
 
-def mmd_squared(z: Tensor, prior: Tensor, *, kernel: str = "imq", bandwidth: float = 1.0, scales: Sequence[float] = (1.0,)) -> Tensor:
+def mmd_squared(
+    z: Tensor, prior: Tensor, *, kernel: str = "imq", bandwidth: float = 1.0, scales: Sequence[float] = (1.0,)
+) -> Tensor:
     r"""Unbiased U-statistic :math:`\widehat{\mathrm{MMD}}^2` between two samples of equal size n ≥ 2 (a 0-dim tensor).
 
     Example:

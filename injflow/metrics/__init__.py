@@ -36,8 +36,8 @@ from .inception_score import (
     inception_score,
     inception_score_of_images,
 )
-from .reference import PAPER_REFERENCE_N, FIDProtocol, ReferenceSet, dataset_reference, fid_protocol, reference_set
 from .likelihood import OnManifoldLikelihood, on_manifold_likelihood
+from .reference import PAPER_REFERENCE_N, FIDProtocol, ReferenceSet, dataset_reference, fid_protocol, reference_set
 from .report import check_renders_in_chromium, read_run, write_report
 from .spectrum import decoder_singular_values, jacobian_singular_values, log_volume_from_singular_values, spectrum_summary
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -44,8 +45,10 @@ __all__ = [
 #: names what decides the features and keys the cache.
 FeatureExtractor = Callable[[Tensor], Tensor]
 
+_T = TypeVar("_T")
 
-def _progress(iterable, *, total: int, desc: str, enabled: bool):
+
+def _progress(iterable: Iterable[_T], *, total: int, desc: str, enabled: bool) -> Iterable[_T]:
     if not enabled:
         return iterable
     from tqdm.auto import tqdm
@@ -153,7 +156,7 @@ class ReferenceStatsCache:
         >>> stats, hit = cache.load_or_compute(test, extractor, label="mnist-test")  # doctest: +SKIP
     """
 
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
 
     @staticmethod
@@ -184,7 +187,7 @@ class ReferenceStatsCache:
             # The low-rank factor (kept for n <= p) is stored too, so a cached fit takes the same exact path.
             extra = {} if stats.factor is None else {"factor": stats.factor}
             np.savez(tmp, mean=stats.mean, cov=stats.cov, n=np.int64(stats.n),
-                     identity=np.str_(getattr(extractor, "identity")), label=np.str_(label), **extra)
+                     identity=np.str_(extractor.identity), label=np.str_(label), **extra)
             os.replace(tmp, path)
         finally:
             if tmp.exists():

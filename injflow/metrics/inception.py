@@ -279,7 +279,7 @@ class InceptionFeatureExtractor(nn.Module):
         quantize: bool = False,
         input_range: InputRange = "torch",
         channels_last: bool = False,
-    ):
+    ) -> None:
         super().__init__()
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize={resize!r} is not one of {RESIZE_MODES}")
@@ -319,7 +319,7 @@ class InceptionFeatureExtractor(nn.Module):
             identity += ";channels_last"
         return identity
 
-    def train(self, mode: bool = True) -> "InceptionFeatureExtractor":
+    def train(self, mode: bool = True) -> InceptionFeatureExtractor:
         # The features are defined with frozen batch statistics: stay in eval mode.
         return super().train(False)
 

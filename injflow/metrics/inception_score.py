@@ -94,7 +94,7 @@ class LogitsClassifier(nn.Module):
         >>> inception_score_of_images(samples, clf)         # doctest: +SKIP
     """
 
-    def __init__(self, path: str | Path, *, device: str | torch.device = "cpu", size: int = 299, **preprocessing):
+    def __init__(self, path: str | Path, *, device: str | torch.device = "cpu", size: int = 299, **preprocessing) -> None:
         super().__init__()
         self.path = Path(path).expanduser()
         if not self.path.is_file():
@@ -108,7 +108,7 @@ class LogitsClassifier(nn.Module):
         self.size = int(size)
         self.preprocessing = dict(preprocessing)
 
-    def train(self, mode: bool = True) -> "LogitsClassifier":
+    def train(self, mode: bool = True) -> LogitsClassifier:
         return super().train(False)
 
     @torch.inference_mode()

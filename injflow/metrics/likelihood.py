@@ -90,8 +90,10 @@ def on_manifold_likelihood(
 
     Example (a linear decoder :math:`g(z) = Wz`, :math:`f = W^+`):
         >>> w = torch.tensor([[2.0], [0.0]], dtype=torch.float64)
-        >>> r = on_manifold_likelihood(torch.tensor([[1.0, 3.0]], dtype=torch.float64), lambda x: x @ torch.linalg.pinv(w).T, lambda z: z @ w.T)
-        >>> round(float(r.log_prob), 6) == round(-0.5 * 0.25 - 0.5 * math.log(2 * math.pi) - math.log(2.0), 6), float(r.reconstruction)
+        >>> encode, decode = (lambda x: x @ torch.linalg.pinv(w).T), (lambda z: z @ w.T)
+        >>> r = on_manifold_likelihood(torch.tensor([[1.0, 3.0]], dtype=torch.float64), encode, decode)
+        >>> expected = -0.5 * 0.25 - 0.5 * math.log(2 * math.pi) - math.log(2.0)
+        >>> round(float(r.log_prob), 6) == round(expected, 6), float(r.reconstruction)
         (True, 9.0)
     """
     if latent_log_prob is None:

@@ -61,7 +61,7 @@ def torch_fidelity_distance() -> Callable[[np.ndarray, np.ndarray, np.ndarray, n
                                {"np": np, "KEY_METRIC_FID": "frechet_inception_distance", "vprint": lambda *a: None},
                                "torch-fidelity==0.4.0")
 
-    def distance(mu1, sigma1, mu2, sigma2) -> float:
+    def distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
         return fn({"mu": mu1, "sigma": sigma1}, {"mu": mu2, "sigma": sigma2}, False)["frechet_inception_distance"]
 
     return distance

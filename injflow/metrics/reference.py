@@ -26,7 +26,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from .fid import FeatureExtractor, ReferenceStatsCache
@@ -43,6 +42,7 @@ class ReferenceSet:
     """The images ``split[start:start + n]`` of data set ``dataset``, as a reference for FID.
 
     Example:
+        >>> import torch
         >>> ref = reference_set(torch.rand(10, 1, 4, 4), dataset="toy", split="val", n=4, start=2)
         >>> ref.label, ref.n
         ('toy-val-2-6', 4)
@@ -105,6 +105,7 @@ def fid_protocol(x: Tensor, *, dataset: str, split: str, n: int, disjoint: bool)
     (``disjoint=True``: reconstruct ``x[:n]``, reference ``x[n:2n]``; see the module docstring).
 
     Example:
+        >>> import torch
         >>> p = fid_protocol(torch.rand(10, 1, 4, 4), dataset="toy", split="test", n=5, disjoint=True)
         >>> p.reference.label, p.reconstruct.shape[0]
         ('toy-test-5-10', 5)

@@ -141,7 +141,8 @@ def _metric_rows(s: RunSummary) -> list[tuple[str, str]]:
         label = _METRIC_LABEL.get(sq["metric"], sq["metric"])
         for k in [k for k in SAMPLER_ORDER if k in sq] + [k for k in sq if k not in SAMPLER_ORDER and isinstance(sq[k], float)]:
             what = "reconstructions" if k == "reconstruction" else f"samples: {k}"
-            rows.append((f"{label}, {what}", f"{_num(sq[k])}  (n = {sq['n_samples']} vs {sq['reference_split']} n = {sq['n_reference']})"))
+            sizes = f"n = {sq['n_samples']} vs {sq['reference_split']} n = {sq['n_reference']}"
+            rows.append((f"{label}, {what}", f"{_num(sq[k])}  ({sizes})"))
         if sq.get("feature_extractor"):
             rows.append(("FID features", str(sq["feature_extractor"])))
     elif sq.get("note"):
@@ -204,7 +205,8 @@ def _html_table(head: list[str], body: list[list[str]]) -> str:
         return f"<td{cls}>{html.escape(v)}</td>"
 
     rows = "".join("<tr>" + "".join(cell(v, i) for i, v in enumerate(r)) + "</tr>" for r in body)
-    return "<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + f"</tr></thead><tbody>{rows}</tbody></table>"
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    return f"<table><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>"
 
 
 def _md_table(head: list[str], body: list[list[str]]) -> str:

@@ -7,7 +7,7 @@ import math
 import os
 import signal
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import lightning as L
 import torch
@@ -127,7 +127,7 @@ class MetricsCSVLogger(Logger):
     def _rewrite(self) -> None:
         from ..io import atomic_write
 
-        def write(f) -> None:
+        def write(f: IO[bytes]) -> None:
             import io
 
             text = io.StringIO(newline="")
@@ -298,7 +298,7 @@ class RunCheckpoints(L.Callback):
         interval: Seconds between writes (0: every epoch).
     """
 
-    def __init__(self, last: str | Path, best: str | Path, monitor: str, mode: str = "min", interval: float = 30.0):
+    def __init__(self, last: str | Path, best: str | Path, monitor: str, mode: str = "min", interval: float = 30.0) -> None:
         self.last, self.best, self.monitor, self.mode, self.interval = Path(last), Path(best), monitor, mode, interval
         self.best_score: float | None = None
         self._pending_best: dict[str, Any] | None = None

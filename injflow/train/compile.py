@@ -66,7 +66,7 @@ class CompiledFIF:
         backend: ``torch.compile``'s backend (``"inductor"``; ``"aot_eager"`` traces without generating code).
     """
 
-    def __init__(self, flow: Any, method: Any, backend: str = "inductor"):
+    def __init__(self, flow: Any, method: Any, backend: str = "inductor") -> None:
         from torch.func import functional_call, grad_and_value, jvp, vjp
 
         check_compilable(method, flow)

@@ -50,8 +50,8 @@ __all__ = [
 #: Keys a resumed run may change: how long it trains, where, how it logs. Everything else shaped the saved state.
 RESUMABLE_KEYS = (
     "train.max_epochs", "train.max_steps", "train.max_time", "train.stop_after_steps", "train.progress_bar",
-    "train.num_threads", "train.checkpoint_every_n_steps", "train.checkpoint_interval", "train.log_every_n_steps", "train.pictures",
-    "train.plot_every_n_epochs", "train.samplers", "train.gmm_components", "train.accelerator", "train.devices",
+    "train.num_threads", "train.checkpoint_every_n_steps", "train.checkpoint_interval", "train.log_every_n_steps",
+    "train.pictures", "train.plot_every_n_epochs", "train.samplers", "train.gmm_components", "train.accelerator", "train.devices",
     "train.strategy", "train.num_nodes", "train.check_finite_every_n_steps", "train.compile", "run.",
     "data.root", "data.download",
 )
@@ -301,7 +301,7 @@ def _check_resume(config: Config, run: RunDir, flow: InjectiveFlow, method: Any,
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{run.last_checkpoint} is not a training checkpoint; move it away and start again")
     flow.load_nets(ckpt["state_dict"], source=run.last_checkpoint, prefix="flow.")
-    step, epoch = int(ckpt.get("global_step", 0)), int(ckpt.get("epoch", 0))
+    step = int(ckpt.get("global_step", 0))
     saved = load_config(run.config)
     changed = _changed_keys(config_to_dict(saved), config_to_dict(config))
     frozen = [k for k in changed if not k.startswith(RESUMABLE_KEYS)]
