@@ -61,6 +61,8 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CONFIGS, REPO, accelerator_overrides  # noqa: E402
 
+from injflow.io import pid_alive  # noqa: E402
+
 __all__ = [
     "EvalSpec", "RunSpec", "Plan", "RunRecord", "CampaignResult", "STEP_SECONDS", "INCEPTION_SECONDS",
     "PooledPixels", "campaign_args", "run_campaign", "run_from_args", "execute", "estimate_seconds", "value",
@@ -233,16 +235,6 @@ def engine_state(run_dir: Path) -> str:
     return "partial" if any(run_dir.iterdir()) else "new"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class RunLock:
     """``<run>/.lock`` holding the owner's pid, created with O_EXCL; a lock of a dead process is taken over."""
 
@@ -255,7 +247,7 @@ class RunLock:
             pid = int(self.path.read_text().strip() or 0)
         except (OSError, ValueError):
             return None
-        return pid if pid and _pid_alive(pid) and pid != os.getpid() else None
+        return pid if pid and pid_alive(pid) and pid != os.getpid() else None
 
     def acquire(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ from .errors import CheckpointError, UnsafeFileError, WriteError
 
 __all__ = [
     "TEMP_MARK",
+    "pid_alive",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -148,7 +149,7 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     pattern = re.compile(r"^\..+" + re.escape(TEMP_MARK) + r"(\d+)$")
     for tmp in Path(folder).rglob(f".*{TEMP_MARK}*"):
         match = pattern.match(tmp.name)
-        if not match or not tmp.is_file() or _alive(int(match.group(1))):
+        if not match or not tmp.is_file() or pid_alive(int(match.group(1))):
             continue
         try:
             tmp.unlink()
@@ -158,7 +159,8 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (this process counts; another user's process too)."""
     if pid == os.getpid():
         return True
     try:

@@ -212,9 +212,9 @@ class RunDir:
     def _writer_alive(self, status: dict[str, Any]) -> bool:
         if status.get("host") != socket.gethostname():
             return True  # cannot tell for another machine
-        from .io import _alive
+        from .io import pid_alive
 
-        return _alive(int(status.get("pid", -1)))
+        return pid_alive(int(status.get("pid", -1)))
 
     def require_finished(self, *, allow: str | None = None) -> dict[str, Any]:
         """The status of a completed run; :class:`~injflow.errors.UnfinishedRunError` otherwise.

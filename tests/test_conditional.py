@@ -19,12 +19,7 @@ FAST = ["train.max_epochs=2", "train.progress_bar=false", "train.num_threads=1",
         "train.samplers=[gaussian]", "data.batch_size=128"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _flow(num_classes: int = 3) -> InjectiveFlow:

@@ -6,8 +6,6 @@ Every check is in float64 against a reference that does not use the code under t
 
 from __future__ import annotations
 
-import doctest
-
 import pytest
 import torch
 from torch.autograd.functional import jacobian
@@ -163,6 +161,4 @@ def test_bad_options_are_named():
     with pytest.raises(ValueError, match="architecture to 'injective_coupling'"):
         inv.injective_flow_of(object(), "rnf")
 
-
-def test_docstring_examples():
-    assert doctest.testmod(inv, optionflags=doctest.ELLIPSIS).failed == 0
+# The module's docstring examples run under pytest --doctest-modules (pyproject.toml).

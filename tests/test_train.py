@@ -31,12 +31,7 @@ def small_config(tmp_path: Path, *extra: str):
     return load_config(None, [*SMALL, f"run.dir={tmp_path / 'run'}", *extra])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_fit_converges_on_toy(tmp_path):

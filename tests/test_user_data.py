@@ -15,12 +15,7 @@ FAST = ["train.max_epochs=2", "train.progress_bar=false", "train.num_threads=1",
         "train.samplers=[gaussian]", "data.batch_size=64", "model.architecture=mlp", "model.options={hidden_features: [16]}"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _curve(n: int = 300, seed: int = 0) -> np.ndarray:
