@@ -192,7 +192,9 @@ def count_figure(rows: list[dict], path: Path, note: str) -> Path:
         mean = [sum(r["mean_count_ge1"] for r in sel if r["beta"] == b) / sum(1 for r in sel if r["beta"] == b) for b in betas]
         lo = [min(r["count_band_low"] for r in sel if r["beta"] == b) for b in betas]
         hi = [max(r["count_band_high"] for r in sel if r["beta"] == b) for b in betas]
-        ax.errorbar(betas, mean, yerr=[[m - l for m, l in zip(mean, lo)], [h - m for m, h in zip(mean, hi)]],
+        # The band's counts need not bracket the mean per-point count (a count of the q10 spectrum is not the q10 of
+        # the counts): the bars then end at the mean.
+        ax.errorbar(betas, mean, yerr=[[max(0.0, m - l) for m, l in zip(mean, lo)], [max(0.0, h - m) for m, h in zip(mean, hi)]],
                     marker=marker, capsize=3, label=f"z {'~ N(0, I)' if points == 'prior' else '= f(x_test)'}")
     ax.set_xscale("log")
     ax.set_xlabel("reconstruction weight β")
