@@ -6,6 +6,7 @@
 #   bash scripts/gpu_check.sh            # in an environment whose torch has CUDA (injflow installed, or installable)
 #
 # It never installs torch: the machine's CUDA build is used. Nothing here runs in CI or in the default tests.
+# (-o addopts="": one process on the one GPU, and no need for pytest-xdist there.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -24,7 +25,7 @@ $PY -c "import injflow" 2>/dev/null || $PY -m pip install -q -e '.[test,data]' \
 cat "$OUT/machine.txt"
 status=0
 echo "== GPU-marked tests"
-timeout 150 $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" || status=1
+timeout 150 $PY -m pytest -o addopts="" -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" || status=1
 echo "== step time on the GPU (FIF / AE, K = 1, 2, 4; MLP and ConvNet)"
 timeout 120 $PY benchmarks/step_time.py --device cuda --rounds 30 --warmup 5 \
   --variants fif-mixed-k1,fif-mixed-k2,fif-mixed-k4,fif-backward-k1 \
