@@ -78,8 +78,10 @@ STEP_SECONDS: dict[tuple[str, tuple[int, ...], int], float] = {
     ("mlp", (64,), 64): 0.004,
     ("pythae_resnet", (1, 28, 28), 100): 0.36,
     ("pythae_resnet", (1, 28, 28), 64): 0.25,
-    ("fif_convnet", (1, 28, 28), 256): 2.0,
+    ("fif_convnet", (1, 28, 28), 256): 1.0,  # 298 steps in 300 s (fif_table2 cpu, 2026-12-03; 2.0 under load)
     ("fif_convnet", (1, 28, 28), 64): 0.7,
+    ("injective_coupling", (1, 28, 28), 25): 0.105,  # DNF stand-in: 2,852 steps in 300 s (fif_table2 cpu)
+    ("trumpet", (1, 28, 28), 64): 0.12,  # Trumpet stand-in: 2,487 steps in 300 s (fif_table2 cpu)
 }
 #: Seconds per image of the offline Inception at 299 × 299 on one CPU thread, channels-last (measured 0.12-0.21).
 INCEPTION_SECONDS = 0.2

@@ -21,8 +21,8 @@ Scales:
 
 * ``smoke``: scikit-learn digits, an MLP, 20 steps, pooled-pixel features (not FID), n = 32;
   ``--datasets celeba --data-root DIR``: the FIF-ConvNet (CelebA column) for 2 steps on small upstream-format files.
-* ``cpu``: Fashion-MNIST as the offline stand-in for CelebA, the FIF-ConvNet **MNIST column** of table 11 (3.3M:
-  channels 32-256, ResBlock(512)), 20k training images, a **300 s budget** per model on one thread (paper: 5 h on an
+* ``cpu``: Fashion-MNIST as the offline stand-in for CelebA, the FIF-ConvNet **MNIST column** of table 11 (4.0M at
+  d = 64: channels 32-256, ResBlock(512)), 20k training images, a **300 s budget** per model on one thread (paper: 5 h on an
   A40), FID on n = 100 with a reference disjoint from the reconstructed images; one seed.
 * ``paper``: CelebA, the paper's config, ``train.max_time = 18000`` s, n = 10k, 3 seeds; for a GPU.
 """
