@@ -29,8 +29,12 @@ Scales:
   batch sizes 1, 10, 100 (random test images per draw); latent K = 1, 2, 4, 8, 16 (20 draws; 10 at batch
   size 100), data K = 1, 4, 16, 64 (+ 256 at batch size 1; 3–4 draws); independent noise in data space at
   batch size 1 only.
-* ``paper``: table 11's FIF-ConvNet (3.3M), d = 16, full MNIST, 400 epochs (the training length of App. E.1.2),
-  unconditional (the engine has no conditioning); every K on a doubling grid up to d and D, 100 draws.
+* ``paper``: table 11's FIF-ConvNet (3.3M), d = 16, full MNIST, 400 epochs (the training length of App. E.1.2);
+  every K on a doubling grid up to d and D, 100 draws.
+
+``--conditional`` trains on conditional MNIST, as the paper's fig. 6 model ("a converged model trained on
+conditional MNIST"): the nets take the digit (``injflow.nets.conditional``) and each gradient is taken with the
+batch's own labels. Without it the model is unconditional (the recorded cpu results).
 """
 
 from __future__ import annotations
@@ -65,11 +69,12 @@ class Setting:
 def model_config(exp: Experiment) -> dict:
     """The FIF training run (FIF eq. 7/17 with the paper's estimator choices, §5 "Implementation details")."""
     n_train = exp.pick(300, 6000, 50_000)
+    conditional = bool(getattr(exp.args, "conditional", False))
     return {
-        "data": {"name": "mnist", "options": {"n_train": n_train, "n_val": exp.pick(100, 500, 10_000),
+        "data": {"name": "conditional_mnist" if conditional else "mnist", "options": {"n_train": n_train, "n_val": exp.pick(100, 500, 10_000),
                                               "n_test": exp.pick(200, 2000, 10_000)},
                  "batch_size": 100},  # App. E.4: batch size 100 on MNIST
-        "model": {"architecture": "fif_convnet", "latent_dim": LATENT_DIM,
+        "model": {"architecture": "fif_convnet", "latent_dim": LATENT_DIM, "conditional": conditional,
                   # table 11 (MNIST): channel factor 32, ResBlock(512); smaller at smoke/cpu scale
                   "options": exp.pick({"channel_factor": 4, "block_width": 64},
                                       {"channel_factor": 8, "block_width": 128}, {})},
@@ -104,8 +109,9 @@ def settings(exp: Experiment) -> list[Setting]:
     return out
 
 
-def train_model(exp: Experiment) -> tuple[torch.nn.Module, Tensor, dict]:
-    """Trains the FIF model and returns it (eval mode), the test images and a description of the run."""
+def train_model(exp: Experiment) -> tuple[torch.nn.Module, Tensor, Tensor | None, dict]:
+    """Trains the FIF model and returns it (eval mode), the test images, their labels (conditional model, else None)
+    and a description of the run."""
     from injflow.data import load_dataset
     from injflow.nets import count_parameters
 
@@ -115,31 +121,35 @@ def train_model(exp: Experiment) -> tuple[torch.nn.Module, Tensor, dict]:
         result = fit_run(config, run_dir=run_dir, threads=torch.get_num_threads(), device=exp.args.device)
     flow = result.flow.eval()
     steps = result.global_step
-    data = load_dataset("mnist", seed=0, **config["data"]["options"])
+    data = load_dataset(config["data"]["name"], seed=0, **config["data"]["options"])
+    labels = data.test_labels.to(exp.args.device) if config["model"]["conditional"] else None
     info = {"model": config, "n_parameters": count_parameters(flow.encoder, flow.decoder),
             "train_steps": steps, "train_time_s": round(time.perf_counter() - t0, 1), "bn_mode": "eval"}
     with torch.no_grad():
         x = data.test[:500].to(exp.args.device)
-        info["test_reconstruction_error"] = float((flow.decoder(flow.encoder(x)) - x).pow(2).flatten(1).sum(1).mean())
+        c = None if labels is None else labels[:500]
+        info["test_reconstruction_error"] = float((flow.decode(flow.encode(x, c), c) - x).pow(2).flatten(1).sum(1).mean())
     exp.log(f"trained {info['n_parameters']} parameters, {steps} steps in {info['train_time_s']} s; "
             f"test ‖x̂ − x‖² = {info['test_reconstruction_error']:.2f}")
-    return flow, data.test.to(exp.args.device), info
+    return flow, data.test.to(exp.args.device), labels, info
 
 
 def surrogate_gradient(flow: torch.nn.Module, x: Tensor, *, space: str, noise: str, k: int,
-                       generator: torch.Generator) -> Tensor:
+                       generator: torch.Generator, c: Tensor | None = None) -> Tensor:
     """∇θ of the batch-mean surrogate (FIF eq. 17, gradient to the encoder) as one flat float64 vector."""
     from injflow.estimators import volume_change_surrogate
 
     params = [p for p in flow.parameters() if p.requires_grad]
-    _, _, s = volume_change_surrogate(x, flow.encoder, flow.decoder, n_hutchinson=k, noise=noise,
+    maps = flow.given(c)  # the model itself, or a view with the batch's labels fixed (conditional model)
+    _, _, s = volume_change_surrogate(x, maps.encode, maps.decode, n_hutchinson=k, noise=noise,
                                       trace_space=space, grad_to="encoder", jacobian_at="x", mode="mixed",
                                       generator=generator)
     grads = torch.autograd.grad(s.mean(), params, allow_unused=True)
     return torch.cat([(torch.zeros_like(p) if g is None else g).flatten().double() for p, g in zip(params, grads)])
 
 
-def measure(exp: Experiment, flow: torch.nn.Module, test: Tensor, setting_list: list[Setting]) -> dict:
+def measure(exp: Experiment, flow: torch.nn.Module, test: Tensor, setting_list: list[Setting],
+            labels: Tensor | None = None) -> dict:
     """Relative distances ‖ĝ_K − g‖/‖g‖ (FIF eq. 96), keyed by (space, noise, batch, K): one value per draw.
 
     Each draw takes a fresh random batch of test images and its exact gradient (K = d, orthogonal, latent space),
@@ -152,27 +162,27 @@ def measure(exp: Experiment, flow: torch.nn.Module, test: Tensor, setting_list: 
         t0 = time.perf_counter()
         for draw in range(max(s.draws for s in group)):
             idx = torch.randperm(test.shape[0], generator=gen, device=gen.device)[:b]
-            x = test[idx]
-            exact = surrogate_gradient(flow, x, space="latent", noise="orthogonal", k=LATENT_DIM, generator=gen)
+            x, c = test[idx], None if labels is None else labels[idx]
+            exact = surrogate_gradient(flow, x, space="latent", noise="orthogonal", k=LATENT_DIM, generator=gen, c=c)
             norm = exact.norm()
             for s in group:
                 if draw >= s.draws:
                     continue
                 for k in s.ks:
-                    g = surrogate_gradient(flow, x, space=s.space, noise=s.noise, k=k, generator=gen)
+                    g = surrogate_gradient(flow, x, space=s.space, noise=s.noise, k=k, generator=gen, c=c)
                     results.setdefault((s.space, s.noise, b, k), []).append(float((g - exact).norm() / norm))
         exp.log(f"batch size {b}: {len(group)} settings done in {time.perf_counter() - t0:.0f} s")
     return results
 
 
-def exact_check(exp: Experiment, flow: torch.nn.Module, test: Tensor) -> dict:
+def exact_check(exp: Experiment, flow: torch.nn.Module, test: Tensor, labels: Tensor | None = None) -> dict:
     """Data-space K = D orthogonal (exact) vs latent-space K = d orthogonal (exact): both are ∇ tr(∂f' sg(g'))."""
     gen = torch.Generator(device=test.device).manual_seed(exp.args.seed + 1)
-    x = test[:1]
+    x, c = test[:1], None if labels is None else labels[:1]
     big_d = x[0].numel()
     t0 = time.perf_counter()
-    latent = surrogate_gradient(flow, x, space="latent", noise="orthogonal", k=LATENT_DIM, generator=gen)
-    data = surrogate_gradient(flow, x, space="data", noise="orthogonal", k=big_d, generator=gen)
+    latent = surrogate_gradient(flow, x, space="latent", noise="orthogonal", k=LATENT_DIM, generator=gen, c=c)
+    data = surrogate_gradient(flow, x, space="data", noise="orthogonal", k=big_d, generator=gen, c=c)
     rel = float((data - latent).norm() / latent.norm())
     exp.log(f"exact check: data K={big_d} vs latent K={LATENT_DIM}: relative distance {rel:.2e}")
     return {"batch_size": 1, "data_k": big_d, "latent_k": LATENT_DIM, "relative_distance": rel,
@@ -233,19 +243,23 @@ def figure(rows: list[dict], path: Path, note: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    exp = start(NAME, __doc__, argv, extra_args=[(("--seed",), {"type": int, "default": 0, "help": "seed (default 0)"})])
-    flow, test, info = train_model(exp)
+    exp = start(NAME, __doc__, argv, extra_args=[
+        (("--seed",), {"type": int, "default": 0, "help": "seed (default 0)"}),
+        (("--conditional",), {"action": "store_true", "help": "a class-conditional model on conditional MNIST, as the paper"}),
+    ])
+    flow, test, labels, info = train_model(exp)
     setting_list = settings(exp)
-    results = measure(exp, flow, test, setting_list)
+    results = measure(exp, flow, test, setting_list, labels)
     big_d = test[0].numel()
-    check = exact_check(exp, flow, test) if exp.scale != "smoke" else None
+    check = exact_check(exp, flow, test, labels) if exp.scale != "smoke" else None
     rows = table(results, big_d)
     write_table(rows, exp.out / "trace_variance")
-    note = (f"{exp.scale} scale: FIF-ConvNet {info['n_parameters'] / 1e6:.2f}M params, d=16, "
+    kind = "conditional" if exp.args.conditional else "unconditional"
+    note = (f"{exp.scale} scale: {kind} MNIST, FIF-ConvNet {info['n_parameters'] / 1e6:.2f}M params, d=16, "
             f"{info['train_steps']} training steps, eval-mode BN; mean ± std over draws; "
             "solid = orthogonal, dashed = independent scaled Gaussian")
     figure(rows, exp.out / "trace_variance", note)
-    exp.finish(**info, exact_check=check,
+    exp.finish(**info, exact_check=check, conditional=exp.args.conditional,
                settings=[s.__dict__ for s in setting_list],
                notes="exact gradient = latent space, K = d = 16, orthogonal noise; eval-mode BatchNorm")
 

@@ -52,6 +52,23 @@ def test_help_of_every_experiment_names_its_scales(capsys, monkeypatch):
         assert done.value.code == 0 and "--scale" in capsys.readouterr().out, script.name
 
 
+def test_trace_variance_conditional(tmp_path):
+    # FIF fig. 6's model is conditional: the gradients are taken with each batch's labels.
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(EXPERIMENTS / "trace_variance.py"), "--scale", "smoke", "--conditional", "--out", str(out),
+         "--threads", "1"], capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["conditional"] is True and summary["model"]["data"]["name"] == "conditional_mnist"
+    with (out / "trace_variance.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    exact = [r for r in rows if r["space"] == "latent" and r["noise"] == "orthogonal" and r["K"] == "16"]
+    assert exact and all(float(r["mean_rel_distance"]) < 1e-4 for r in exact)  # K = d orthogonal is the exact gradient
+    assert all(float(r["mean_rel_distance"]) > 1e-3 for r in rows if r["K"] == "1")
+
+
 def test_spectra_vs_beta_conditional_draws_fig9(tmp_path):
     # FIF figs. 8/9 are on conditional MNIST: the --conditional path trains class-conditional models and draws the
     # per-digit samples of fig. 9 next to the spectra.
