@@ -27,6 +27,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared harness beside this script
+from harness import load_average  # noqa: E402
 
 CONFIGS = {"default": None, "small/fif-tabular-power": REPO / "configs/small/fif-tabular-power.yaml"}
 
@@ -111,14 +113,7 @@ def measure(name: str, config_path, *, threads: int, rounds: int, epochs: int, e
     return {"config": name, "threads": threads, "steps": n, "plain_ms_per_step": round(p, 2),
             "engine_ms_per_step": round(e, 2), "ratio": round(e / p, 3),
             "ratio_range": [round(ratios[0], 3), round(ratios[-1], 3)], "rounds": rounds, "extra": extra,
-            "engine_extra": list(engine_extra), "load_average": round(_load(), 2)}
-
-
-def _load() -> float:
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return float("nan")
+            "engine_extra": list(engine_extra), "load_average": load_average()}
 
 
 def main(argv: list[str] | None = None) -> None:

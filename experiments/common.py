@@ -210,11 +210,6 @@ def accelerator_overrides(device: str) -> list[str]:
                      "(pick the GPU with CUDA_VISIBLE_DEVICES=N, e.g. CUDA_VISIBLE_DEVICES=1 ... --device cuda)")
 
 
-def model_device(flow: Any) -> Any:
-    """The device of a model's parameters (evaluation inputs go there)."""
-    return next(flow.parameters()).device
-
-
 def fit_run(
     config: str | Path | dict | None,
     overrides: Sequence[str] = (),

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Experiment, fit_run, model_device, save_figure, start, temporary_run_dir, write_table  # noqa: E402
+from common import Experiment, fit_run, save_figure, start, temporary_run_dir, write_table  # noqa: E402
 
 NAME = "spectra_vs_beta"
 LATENT_DIM = 16  # FIF fig. 6 / App. D.1.1: the conditional MNIST model has d = 16
@@ -45,7 +45,7 @@ LATENT_DIM = 16  # FIF fig. 6 / App. D.1.1: the conditional MNIST model has d = 
 
 def model_config(exp: Experiment, beta: float, seed: int) -> dict:
     """One FIF training run (FIF eq. 7/17, §5 "Implementation details") at reconstruction weight ``beta``."""
-    conditional = bool(getattr(exp.args, "conditional", False))
+    conditional = exp.args.conditional
     return {
         "data": {"name": "conditional_mnist" if conditional else "mnist", "options": {"n_train": exp.pick(300, 8000, 50_000),
                                               "n_val": exp.pick(100, 500, 10_000),
@@ -117,7 +117,7 @@ def evaluate(exp: Experiment, flow: Any, test: Tensor, n_points: int, seed: int,
     A conditional model gets the prior points split evenly over its classes and the test points with their labels.
     """
     gen = torch.Generator().manual_seed(seed)
-    device = model_device(flow)
+    device = flow.device
     z_prior = torch.randn(n_points, LATENT_DIM, generator=gen).to(device)
     x = test[:n_points].to(device)
     prior_labels = c = None

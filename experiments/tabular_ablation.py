@@ -214,7 +214,7 @@ def train_and_evaluate(config: str, overrides: list[str], *, seed: int, n_sample
     if flow is None:
         return RunResult(math.inf, math.inf, wall, steps, ms, diverged, int(x[0].numel()), cg)
     flow.eval()
-    x = x.to(next(flow.parameters()).device)
+    x = x.to(flow.device)
     with torch.no_grad():
         reconstruction = float((flow.decode(flow.encode(x)) - x).flatten(1).pow(2).sum(1).mean())
         samples = flow.sample(n_samples, sampler="prior", seed=seed)

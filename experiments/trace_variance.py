@@ -69,7 +69,7 @@ class Setting:
 def model_config(exp: Experiment) -> dict:
     """The FIF training run (FIF eq. 7/17 with the paper's estimator choices, §5 "Implementation details")."""
     n_train = exp.pick(300, 6000, 50_000)
-    conditional = bool(getattr(exp.args, "conditional", False))
+    conditional = exp.args.conditional
     return {
         "data": {"name": "conditional_mnist" if conditional else "mnist", "options": {"n_train": n_train, "n_val": exp.pick(100, 500, 10_000),
                                               "n_test": exp.pick(200, 2000, 10_000)},

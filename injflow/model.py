@@ -248,7 +248,9 @@ class InjectiveFlow(nn.Module):
         """
         return self if c is None else _Given(self, c)
 
-    def _device(self) -> torch.device:
+    @property
+    def device(self) -> torch.device:
+        """The device of the parameters (the CPU for a model without any); inputs and samples go there."""
         for p in self.parameters():
             return p.device
         return torch.device("cpu")
@@ -291,7 +293,7 @@ class InjectiveFlow(nn.Module):
             Samples of shape ``(n, *data_shape)``, on the model's device.
         """
         dist = self.sampler(sampler)
-        device = self._device()
+        device = self.device
         labels = self._labels(c, n, device)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         was_training = self.training
@@ -305,7 +307,7 @@ class InjectiveFlow(nn.Module):
     @torch.no_grad()
     def encode_all(self, x: Tensor, *, batch_size: int = 4096, c: Tensor | None = None) -> Tensor:
         """Encodes a whole split in eval mode, batched, without gradients (on the model's device)."""
-        device = self._device()
+        device = self.device
         labels = self._labels(c, x.shape[0])
         was_training = self.training
         self.eval()
@@ -348,7 +350,7 @@ class InjectiveFlow(nn.Module):
         z = self.encode_all(x, c=c).float()
         for name in names:
             options = {"n_components": n_components, "seed": seed} if name == "gmm" else {}
-            self.samplers[name] = fit_sampler(name, z.cpu(), **options).to(self._device())
+            self.samplers[name] = fit_sampler(name, z.cpu(), **options).to(self.device)
         return self
 
     # ------------------------------------------------------------------ likelihood
@@ -383,7 +385,7 @@ class InjectiveFlow(nn.Module):
         """
         from .estimators import decoder_log_volume
 
-        device = self._device()
+        device = self.device
         labels = self._labels(c, x.shape[0])
 
         def one(xb: Tensor, view: Any) -> tuple[Tensor, Tensor]:

@@ -199,7 +199,7 @@ def plot_manifold(flow: Any, data: Tensor, out: str | Path, *, samplers: list[st
     ax = axis(1)
     sc = ax.scatter(*[x[:, j] for j in range(D)], c=z[:, 0].numpy(), s=3, cmap="viridis")
     fig.colorbar(sc, ax=ax, label="latent $z_1$", shrink=0.8)
-    device = flow._device()
+    device = flow.device
     # The decoded manifold: a dense line through latent space for d = 1, decoded codes of the data otherwise.
     if flow.latent_dim == 1 and labels is None:
         lo, hi = float(z.min()), float(z.max())
@@ -380,7 +380,7 @@ def draw_run_pictures(flow: Any, data: Any, run: Any, *, seed: int | None = None
         with torch.no_grad():
             was = flow.training
             flow.eval()
-            rec = flow(x.to(flow._device()), None if c is None else c.to(flow._device())).cpu()
+            rec = flow(x.to(flow.device), None if c is None else c.to(flow.device)).cpu()
             flow.train(was)
         pairs = torch.stack([x, rec], 1).reshape(-1, *shape)
         image_shape = data.image_shape

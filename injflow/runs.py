@@ -92,7 +92,7 @@ def method_terms(config: Config, flow: InjectiveFlow, x: torch.Tensor, c: torch.
     any two methods can be compared on the same split (reconstruction, latent statistics and these)."""
     method = config.build_method()
     method.total_steps = max(step, 1)
-    device = flow._device()
+    device = flow.device
     sums: dict[str, float] = {}
     was_training = flow.training
     flow.eval()

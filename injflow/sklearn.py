@@ -159,7 +159,7 @@ class InjectiveFlowEstimator(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "flow_")
         z = torch.as_tensor(np.asarray(Z, dtype=np.float32)).reshape(-1, self.flow_.latent_dim)
         with torch.no_grad():
-            return self.flow_.decode(z.to(self.flow_._device())).cpu().numpy()
+            return self.flow_.decode(z.to(self.flow_.device)).cpu().numpy()
 
     def reconstruction_error(self, X: Any) -> np.ndarray:
         """:math:`\\|g(f(x)) - x\\|^2` per row."""

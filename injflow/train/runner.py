@@ -258,7 +258,7 @@ def _dry_run(flow: InjectiveFlow, method: Any, data: RunData, *, batch_size: int
     n = min(data.train.shape[0], batch_size, 16)
     x = data.train[:n]
     c = data.train_labels[:n] if data.train_labels is not None else None
-    device = flow._device()
+    device = flow.device
     state = {k: v.detach().clone() for k, v in flow.state_dict().items()}  # BatchNorm statistics move in a forward
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
