@@ -250,6 +250,9 @@ class RunDir:
         return remove_stale_temp_files(self.path)
 
     def write_json(self, path: str | Path, obj: Any) -> Path:
-        """Writes JSON atomically at ``path`` (relative paths are inside the run folder)."""
-        path = Path(path)
-        return atomic_write_json(path if path.is_absolute() else self.path / path, obj)
+        """Writes JSON atomically at ``path``, one of this folder's paths (e.g. :attr:`metrics_json`).
+
+        The paths are taken as they are: a run folder given relatively (``runs/default``, as the README does) has
+        relative paths that already start with it, so joining them onto the folder again would nest it.
+        """
+        return atomic_write_json(Path(path), obj)

@@ -269,6 +269,15 @@ def test_corrupt_model_file_gets_one_line(finished_run, tmp_path, capsys, kind):
     one_line_error(capsys, main(["sample", str(run), "--n", "3"]), mentions="model.pt")
 
 
+def test_evaluate_a_relative_run_folder_writes_its_metrics_json_inside_it(finished_run, tmp_path, monkeypatch):
+    # The README's `injflow evaluate runs/default`: metrics.json belongs in runs/default/, not runs/default/runs/default/.
+    copy_run(finished_run, tmp_path / "runs" / "default")
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "runs/default", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "runs" / "default" / "metrics.json").read_text())["latent_dim"] == 1
+    assert not (tmp_path / "runs" / "default" / "runs").exists()
+
+
 def random_bytes(n: int, *, seed: int, prefix: bytes = b"") -> bytes:
     """``n`` seeded random bytes after ``prefix`` (seeded: a failure reproduces)."""
     import random
