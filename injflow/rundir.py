@@ -186,9 +186,20 @@ class RunDir:
         if state not in STATES:
             raise ValueError(f"state must be one of {STATES}, got {state!r}")
         fresh = state == "running" and not fields.get("resumed")
-        started = None if fresh or not self.status_file.is_file() else self.status().get("started")
+        previous = {} if fresh or not self.status_file.is_file() else self.status()
+        # Wall seconds spent by the run's processes, summed over resumes (sweeps estimate trial times from it); a
+        # process killed without a word loses only its own session's seconds.
+        seconds = float(previous.get("train_seconds", 0.0))
+        session = previous.get("session_started_at")
+        if state == "running":
+            session = time.time()
+        elif session is not None:
+            seconds += max(0.0, time.time() - float(session))
+            session = None
         status = {"state": state, **fields, "pid": os.getpid(), "host": socket.gethostname(),
-                  "started": started or _now(), "updated": _now()}
+                  "started": previous.get("started") or _now(), "updated": _now(), "train_seconds": round(seconds, 3)}
+        if session is not None:
+            status["session_started_at"] = session
         return atomic_write_json(self.status_file, status)
 
     def status(self) -> dict[str, Any]:
