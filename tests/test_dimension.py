@@ -148,9 +148,12 @@ def test_score_is_the_thickened_density(one_thread):
     assert est.score(test) == pytest.approx(expected.mean(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_grid_search_over_latent_dim_picks_the_true_dimension(one_thread):
     # Data of known dimension 2 (a curved surface in R^5, noise 0.02). The on-manifold likelihood would prefer
     # whatever d its units favour; log p_D compares the models, and the one-standard-error rule picks d = 2.
+    # Needs converged fits (~20 s): after 120 steps instead of 240 the d = 3 models still soak up the d = 2 models'
+    # residual error and one seed in three picks 3 (docs/results.md, "The dimension of the learned manifold").
     from sklearn.model_selection import GridSearchCV
 
     from injflow.sklearn import InjectiveFlowEstimator
@@ -160,7 +163,7 @@ def test_grid_search_over_latent_dim_picks_the_true_dimension(one_thread):
     feats = torch.stack([t[:, 0], t[:, 1], torch.sin(2 * t[:, 0]), t[:, 0] * t[:, 1], 0.5 * torch.cos(2 * t[:, 1])], 1)
     q = torch.linalg.qr(torch.randn(5, 5, generator=g))[0]
     x = (feats @ q.T + 0.02 * torch.randn(1200, 5, generator=g)).numpy()
-    est = InjectiveFlowEstimator(max_epochs=20, hidden_features=(64, 64), beta=50.0, batch_size=100, lr=2e-3)
+    est = InjectiveFlowEstimator(max_epochs=40, hidden_features=(64, 64), beta=50.0, batch_size=100, lr=2e-3)
     with warnings.catch_warnings():
         warnings.simplefilter("error", LatentDimensionWarning)
         search = GridSearchCV(est, {"latent_dim": [1, 2, 3]}, cv=2, refit=select_latent_dim).fit(x)
