@@ -143,7 +143,7 @@ def auroc_figure(rows: list[dict], path: Path, note: str) -> Path:
         ax.set_ylim(0, 1)
         ax.set_ylabel("AUROC")
         ax.set_title(f"trained on {a}, OOD = {b}", fontsize=9)
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7, ncol=2, loc="lower right", framealpha=0.9)
     fig.tight_layout()
     return save_figure(fig, path, note=note)
 
