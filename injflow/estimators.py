@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +39,7 @@ __all__ = [
     "sample_noise",
     "vjp",
     "jvp",
+    "prepare_forward_ad",
     "jvp_reverse",
     "reverse_jvp_operator",
     "standard_normal_log_prob",
@@ -304,6 +306,23 @@ class _LinearTangents(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+@functools.cache
+def prepare_forward_ad() -> None:
+    """Loads PyTorch's forward-mode decompositions once, without the deprecation notice they print.
+
+    On its first ``make_dual`` PyTorch registers its JVP decompositions by compiling them with ``torch.jit.script``
+    (``torch/_decomp/decompositions_for_jvp.py``), which in torch 2.13 warns "`torch.jit.script` is deprecated" 18
+    times. The call is PyTorch's own, not injflow's, and the decompositions are needed (they are the forward-mode
+    rules of several ops), so they are loaded here, with exactly that warning silenced; every later ``make_dual``
+    finds them loaded. :func:`jvp` calls this; code that uses ``torch.autograd.forward_ad`` directly may too.
+    """
+    load = getattr(fwAD, "_maybe_load_decompositions", None)  # torch's own condition (PYTORCH_JIT=1, not -O)
+    if load is not None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=DeprecationWarning)
+            load()
+
+
 def jvp(fn: Function, primal: Tensor, tangent: Tensor, *, name: str = "function") -> tuple[Tensor, Tensor]:
     r"""Forward-mode Jacobian-vector product: returns ``(fn(primal), fn'(primal) @ tangent)`` in one pass.
 
@@ -312,6 +331,7 @@ def jvp(fn: Function, primal: Tensor, tangent: Tensor, *, name: str = "function"
     layers propagate the tangent with one product each (:class:`_LinearTangents`), so the pass costs about two
     plain forwards.
     """
+    prepare_forward_ad()
     with fwAD.dual_level(), _LinearTangents():
         # make_dual rejects overlapping memory (e.g. expanded tensors), hence contiguous().
         out = fn(fwAD.make_dual(primal.contiguous(), tangent.contiguous()))

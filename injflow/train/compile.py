@@ -69,6 +69,9 @@ class CompiledFIF:
     def __init__(self, flow: Any, method: Any, backend: str = "inductor") -> None:
         from torch.func import functional_call, grad_and_value, jvp, vjp
 
+        from ..estimators import prepare_forward_ad
+
+        prepare_forward_ad()  # torch.func.jvp loads the same decompositions as forward_ad (their notice silenced)
         check_compilable(method, flow)
         self.flow, self.method = flow, method
         encoder, decoder, latent = flow.encoder, flow.decoder, flow.latent
