@@ -41,6 +41,9 @@ __all__ = [
     "SchedulerConfig",
     "OptimConfig",
     "TrainConfig",
+    "MlflowConfig",
+    "WandbConfig",
+    "LOGGERS",
     "RunConfig",
     "config_from_dict",
     "config_to_dict",
@@ -303,6 +306,33 @@ def parse_duration(value: float | str | None, key: str = "duration") -> float | 
     return seconds
 
 
+#: Where the terms of a run are logged (``train.loggers``); ``csv`` (``metrics.csv``) is always one of them.
+LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
+
+
+@dataclass
+class MlflowConfig:
+    """MLflow tracking (``train.loggers`` with ``mlflow``; :mod:`injflow.train.loggers`).
+
+    ``tracking_uri``: a server (``http://host:5000``) or a store URI; default: the SQLite store
+    ``<folder holding the run folder>/mlflow.db`` (sibling runs, e.g. a sweep's trials, share it). ``experiment``:
+    default ``run.name``.
+    """
+
+    tracking_uri: str | None = None
+    experiment: str | None = None
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases tracking (``train.loggers`` with ``wandb``); ``mode: offline`` (default) writes the run under
+    ``RUN/wandb/`` without a network (``wandb sync`` uploads it later). ``project``: default ``run.name``."""
+
+    project: str | None = None
+    entity: str | None = None
+    mode: Literal["offline", "online"] = "offline"
+
+
 @dataclass
 class TrainConfig:
     """Loop, devices, regularisation of the inputs, checkpoints, plots and post-fit samplers.
@@ -347,9 +377,15 @@ class TrainConfig:
     num_threads: int | None = None
     samplers: list[str] = field(default_factory=lambda: ["gaussian", "gmm"])
     gmm_components: int = 10
+    loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
+    tags: dict[str, Any] = field(default_factory=dict)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self) -> None:
         from .distributions import SAMPLERS
+
+        self._check_loggers()
 
         _check_seed("seed", self.seed)
         if self.max_epochs < 1:
@@ -386,6 +422,22 @@ class TrainConfig:
         bad = [s for s in self.samplers if s not in SAMPLERS]
         if bad:
             raise ConfigError(f"samplers: unknown post-fit sampler(s) {bad}; choose from: {', '.join(SAMPLERS.names())}")
+
+    def _check_loggers(self) -> None:
+        unknown = [name for name in self.loggers if name not in LOGGERS]
+        if unknown:
+            raise ConfigError(f"loggers: unknown logger {unknown[0]!r}; choose from: {', '.join(LOGGERS)}")
+        if len(set(self.loggers)) != len(self.loggers):
+            raise ConfigError(f"loggers: {self.loggers} names a logger twice")
+        if "csv" not in self.loggers:
+            raise ConfigError(f"loggers: 'csv' cannot be left out (metrics.csv is the run's own record: resume, reports "
+                              f"and sweeps read it); add trackers after it, e.g. [csv, tensorboard, mlflow], got {self.loggers}")
+        tags = {}
+        for key, value in self.tags.items():  # tracker tags are strings; YAML reads 20 or true as numbers and booleans
+            if not isinstance(value, (str, int, float, bool)):
+                raise ConfigError(f"tags.{key}: a tag is a string (or a number), got {value!r}")
+            tags[str(key)] = value if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+        self.tags = tags
 
 
 @dataclass

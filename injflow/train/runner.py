@@ -53,6 +53,7 @@ RESUMABLE_KEYS = (
     "train.num_threads", "train.checkpoint_every_n_steps", "train.checkpoint_interval", "train.log_every_n_steps",
     "train.pictures", "train.plot_every_n_epochs", "train.samplers", "train.gmm_components", "train.accelerator", "train.devices",
     "train.strategy", "train.num_nodes", "train.check_finite_every_n_steps", "train.compile", "run.",
+    "train.loggers", "train.tags", "train.mlflow", "train.wandb",
     "data.root", "data.download",
 )
 #: Terms every method returns (:meth:`injflow.methods.Method.loss`): the objective, and what lets any two runs be
