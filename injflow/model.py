@@ -555,6 +555,26 @@ class InjectiveFlow(nn.Module):
         flow = cls._rebuild(info, path, encoder, decoder)
         return flow.load_nets(blob["state_dict"], source=path, prefix="flow.")
 
+    def save_pretrained(self, directory: str | Path, **options: Any) -> Path:
+        """Writes a Hugging Face model folder (``config.json``, ``model.safetensors``, ``README.md``; no pickle):
+        :func:`injflow.hub.save_pretrained` (needs ``injflow[hub]``)."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, directory, **options)
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, **options: Any) -> InjectiveFlow:
+        """Loads a folder written by :meth:`save_pretrained` (or a Hub repo id): :func:`injflow.hub.from_pretrained`."""
+        from .hub import from_pretrained
+
+        return from_pretrained(source, flow_class=cls, **options)
+
+    def push_to_hub(self, repo_id: str, **options: Any) -> str:
+        """Uploads the model folder to the Hugging Face Hub: :func:`injflow.hub.push_to_hub` (network and token)."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **options)
+
     def extra_repr(self) -> str:
         shape = "?" if self.data_shape is None else "x".join(map(str, self.data_shape))
         extra = f", num_classes={self.num_classes}" if self.conditional else ""

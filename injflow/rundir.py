@@ -12,6 +12,8 @@ Layout (every path other code uses comes from a :class:`RunDir` attribute, never
     RUN/plots/                   end-of-run pictures
     RUN/model.pt                 the trained model with its post-fit samplers (written last: a run is finished with it)
     RUN/samples/, RUN/eval/, RUN/metrics.json, RUN/report.*     from ``injflow sample | evaluate | report``
+    RUN/trackers.json            the MLflow / W&B runs tracking this run (``train.loggers``; :mod:`injflow.tracking`)
+    RUN/wandb/                   W&B's run files (``train.loggers`` with ``wandb``)
 
 Example:
     >>> import tempfile
@@ -134,6 +136,7 @@ class RunDir:
         self.samples = self.path / "samples"
         self.eval = self.path / "eval"
         self.metrics_json = self.path / "metrics.json"
+        self.trackers = self.path / "trackers.json"
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"

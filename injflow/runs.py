@@ -171,6 +171,9 @@ def evaluate_run(
         metrics["checkpoint"] = {"which": checkpoint, "step": step, "state": status["state"]}
     metrics["method_terms"] = method_terms(config, flow, x, c, step=step, seed=seed, batch_size=eval_options.batch_size)
     folder.write_json(folder.metrics_json, metrics)
+    from .tracking import log_evaluation
+
+    log_evaluation(folder, metrics, split=split, step=step, verbose=verbose)  # the run's MLflow / W&B runs, if tracked
     if verbose:
         print(json.dumps({k: v for k, v in metrics.items() if k not in ("latent", "spectrum", "figures")}, indent=2))
         print("[injflow] timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in evaluation.timings.items()))

@@ -418,6 +418,9 @@ def prepare_run(
         raise ConfigError(f"optim.scheduler.name: {s.name} spans a number of steps, but train.max_time sets a wall-clock "
                           f"budget; use constant or plateau (β schedules follow the budget), or also set train.max_steps")
     run = RunDir(run_dir if run_dir is not None else new_run_dir(config))
+    from ..tracking import check_trackers
+
+    check_trackers(config, run)  # a tracker's missing package or silent server: one line now, not after the lock
     plan = RunPlan(config, data, flow, method, run, resume, built_here, sorted(terms), monitor)
     if resume:
         plan.resume_step, plan.csv_rows = _check_resume(config, run, flow, method, data)
@@ -447,11 +450,11 @@ def train_run(plan: RunPlan, flag: Any) -> tuple[Any, Any, Any]:
 
     import lightning as L
     from lightning.pytorch.callbacks import TQDMProgressBar
-    from lightning.pytorch.loggers import TensorBoardLogger
 
     from ..plots import draw_run_pictures
     from .callbacks import GracefulStop, MetricsCSVLogger, PeriodicCheckpoint, PlotCallback, RunCheckpoints, SafeCheckpointIO
     from .data import TensorDataModule
+    from .loggers import build_loggers
     from .module import FlowModule
 
     config, data, run, t = plan.config, plan.data, plan.run, plan.config.train
@@ -472,8 +475,7 @@ def train_run(plan: RunPlan, flag: Any) -> tuple[Any, Any, Any]:
     csv_logger = MetricsCSVLogger(run.metrics_csv, keep_rows=plan.csv_rows if plan.resume else None,
                                   resume_step=plan.resume_step if plan.resume and plan.csv_rows is None else None)
     module.csv_logger = csv_logger
-    loggers: list[Any] = [csv_logger, TensorBoardLogger(save_dir=str(run.path), name=run.tensorboard.name, version="",
-                                                        default_hp_metric=False)]
+    loggers = build_loggers(config, run, csv_logger, resume=plan.resume)
     stopper = GracefulStop(run.last_checkpoint, flag, t.stop_after_steps)
     callbacks: list[Any] = [checkpoint, stopper]
     if t.progress_bar:
