@@ -1,4 +1,5 @@
-"""The ``injflow`` command line: ``fit``, ``sample``, ``evaluate`` and ``report`` over YAML configs and run folders.
+"""The ``injflow`` command line: ``fit``, ``sample``, ``evaluate``, ``report`` and ``export`` over YAML configs and run
+folders.
 
 Examples::
 
@@ -8,9 +9,10 @@ Examples::
     injflow sample runs/fif-sinusoid-20240101-120000 --n 1000 --sampler gmm --temperature 0.8
     injflow evaluate runs/fif-sinusoid-20240101-120000
     injflow report runs/fif-sinusoid-20240101-120000 [more runs to compare ...]
+    injflow export runs/fif-sinusoid-20240101-120000 --format onnx   # or pretrained, torch-export
 
-This module only parses arguments: the work is done by :mod:`injflow.train.runner` (fit) and :mod:`injflow.runs`
-(sample, evaluate, report). An error injflow can explain (:class:`~injflow.errors.InjflowError`: a bad config
+This module only parses arguments: the work is done by :mod:`injflow.train.runner` (fit), :mod:`injflow.runs`
+(sample, evaluate, report), :mod:`injflow.hub` and :mod:`injflow.export` (export). An error injflow can explain (:class:`~injflow.errors.InjflowError`: a bad config
 key, bad data, a corrupt checkpoint, an unfinished run, a locked folder...) is printed as one line with exit status
 2 (3 when training stopped on a non-finite loss, 128+N after signal N); ``--debug`` adds the traceback.
 """
@@ -108,6 +110,28 @@ def _parser() -> argparse.ArgumentParser:
                    help="evaluate this checkpoint of an unfinished run (default: the finished model.pt)")
     e.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
+    x = sub.add_parser(
+        "export",
+        formatter_class=_fmt,
+        help="write a run's model for use outside injflow",
+        description="Write a run's model for other tools, in <RUN>/export/<format>/ unless --out is given:\n"
+        "  pretrained    a Hugging Face model folder: config.json, model.safetensors (no pickle), a model card README.md\n"
+        "                with the metrics of `injflow evaluate`; load with InjectiveFlow.from_pretrained(FOLDER)\n"
+        "  onnx          encoder.onnx, decoder.onnx and sample_<sampler>.onnx (the decode path, noise as inputs), each\n"
+        "                run in onnxruntime on the test split against PyTorch (differences in check.json)\n"
+        "  torch-export  the same graphs as torch.export programs (.pt2), checked the same way",
+        epilog="examples:\n  injflow export runs/fif-sinusoid-20240101-120000\n"
+        "  injflow export runs/fif-mnist --format onnx --out deploy/fif-mnist",
+    )
+    x.add_argument("run", metavar="RUN", help="run folder written by `injflow fit`")
+    x.add_argument("--format", choices=["pretrained", "onnx", "torch-export"], default="pretrained",
+                   help="what to write (default pretrained)")
+    x.add_argument("--out", metavar="DIR", default=None, help="output folder (default <RUN>/export/<format>)")
+    x.add_argument("--checkpoint", choices=["last", "best"], default=None,
+                   help="export this checkpoint of an unfinished run (default: the finished model.pt)")
+    x.add_argument("--max-rows", type=int, default=1000, help="test rows the graphs are checked on (default 1000)")
+    x.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+
     r = sub.add_parser(
         "report",
         formatter_class=_fmt,
@@ -149,6 +173,16 @@ def _run(args: argparse.Namespace) -> None:
         )
     elif args.command == "report":
         report_runs(args.runs, out=args.out, title=args.title)
+    elif args.command == "export":
+        if args.format == "pretrained":
+            from .hub import export_pretrained
+
+            folder = export_pretrained(args.run, args.out, checkpoint=args.checkpoint)
+            print(f"[injflow] model folder -> {folder}  (InjectiveFlow.from_pretrained({str(folder)!r}))")
+        else:
+            from .export import export_run
+
+            export_run(args.run, format=args.format, out=args.out, checkpoint=args.checkpoint, max_rows=args.max_rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from .distributions import LatentDistribution, distribution_from_spec
-from .errors import CheckpointError
+from .errors import CheckpointError, InjflowError
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .model import InjectiveFlow
 
@@ -73,7 +73,7 @@ def _require_hub() -> None:
         import huggingface_hub  # noqa: F401
         import safetensors  # noqa: F401
     except ImportError:
-        raise CheckpointError("model folders need huggingface_hub and safetensors: pip install 'injflow[hub]'") from None
+        raise InjflowError("model folders need huggingface_hub and safetensors: pip install 'injflow[hub]'") from None
 
 
 # --------------------------------------------------------------------------- writing
