@@ -12,9 +12,10 @@ Examples::
     injflow export runs/fif-sinusoid-20240101-120000 --format onnx   # or pretrained, torch-export
 
 This module only parses arguments: the work is done by :mod:`injflow.train.runner` (fit), :mod:`injflow.runs`
-(sample, evaluate, report), :mod:`injflow.hub` and :mod:`injflow.export` (export). An error injflow can explain (:class:`~injflow.errors.InjflowError`: a bad config
-key, bad data, a corrupt checkpoint, an unfinished run, a locked folder...) is printed as one line with exit status
-2 (3 when training stopped on a non-finite loss, 128+N after signal N); ``--debug`` adds the traceback.
+(sample, evaluate, report), :mod:`injflow.hub` and :mod:`injflow.export` (export). An error injflow can explain
+(:class:`~injflow.errors.InjflowError`: a bad config key, bad data, a corrupt checkpoint, an unfinished run, a locked
+folder...) is printed as one line with exit status 2 (3 when training stopped on a non-finite loss, 128+N after
+signal N); ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations

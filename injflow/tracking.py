@@ -129,7 +129,8 @@ def check_trackers(config: Config, run: RunDir) -> None:
 
 
 def flat_config(config: Config) -> dict[str, Any]:
-    """The resolved config as ``{dotted key: value}`` (the keys ``--set`` takes), for trackers' parameter tables."""
+    """The resolved config as ``{dotted key: value}`` (the keys ``--set`` takes), for trackers' parameter tables;
+    lists and empty mappings as JSON text."""
     from .config import config_to_dict
 
     flat: dict[str, Any] = {}
@@ -139,7 +140,7 @@ def flat_config(config: Config) -> dict[str, Any]:
             for k, v in value.items():
                 walk(f"{prefix}.{k}" if prefix else str(k), v)
         else:
-            flat[prefix] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+            flat[prefix] = value if value is None or isinstance(value, (int, float, str, bool)) else json.dumps(value)
 
     walk("", config_to_dict(config))
     return flat

@@ -117,7 +117,7 @@ def _mlflow_logger(config: Config, run: RunDir, known: dict[str, Any] | None) ->
 def _log_mlflow_config(logger: MLFlowLogger, params: dict[str, Any], resumed: bool) -> None:
     """The resolved config as MLflow parameters. Parameters cannot change in MLflow, so a resumed fit that changed
     one (e.g. a longer ``train.max_epochs``) records the new value as the tag ``resumed.<key>``."""
-    params = {k: str(v)[:6000] for k, v in params.items()}
+    params = {k: ("null" if v is None else str(v))[:6000] for k, v in params.items()}  # null as in config.yaml
     if resumed:
         logged = logger.experiment.get_run(logger.run_id).data.params
         changed = {k: v for k, v in params.items() if k in logged and logged[k] != v}
