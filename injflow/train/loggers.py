@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
 from ..config import Config
+from ..errors import ConfigError
 from ..rundir import RunDir
 from ..tracking import (
     check_trackers,
@@ -74,9 +74,7 @@ def _quiet_trackers() -> Iterator[None]:
     for name in names:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*pkg_resources.*")
-            yield
+        yield
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
@@ -180,7 +178,12 @@ def build_loggers(config: Config, run: RunDir, csv_logger: Logger, *, resume: bo
                                FinishingWandbLogger(save_dir=str(run.path), offline=True))
                 continue
             build = _mlflow_logger if name == "mlflow" else _wandb_logger
-            logger, entry = build(config, run, known.get(name))
+            try:
+                logger, entry = build(config, run, known.get(name))
+            except Exception as e:  # noqa: BLE001 - a tracker that cannot start its run (credentials, store): one line
+                first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+                raise ConfigError(f"train.loggers: {name} could not start its run ({type(e).__name__}: {first}); fix "
+                                  f"train.{name}, or remove {name} from train.loggers") from None
             resumed = bool(known.get(name)) and entry.get("run_id", entry.get("id")) == known[name].get(
                 "run_id", known[name].get("id"))
             if name == "mlflow":
