@@ -109,6 +109,7 @@ def test_mlflow_sqlite_store_tracks_fit_resume_and_evaluate(tmp_path, monkeypatc
     assert "warning: the evaluation was not sent to mlflow" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # `mlflow server` alone takes 17 s to answer on the 2-core machine (load 4); the client code is the SQLite test's
 def test_mlflow_server_started_on_localhost(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     port = _free_port()
