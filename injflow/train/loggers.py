@@ -104,6 +104,9 @@ def _mlflow_logger(config: Config, run: RunDir, known: dict[str, Any] | None) ->
         client.create_experiment(experiment, artifact_location=mlflow_artifact_location(uri))
     tags = {**config.train.tags, "injflow.run_folder": str(run.path.resolve()), "injflow.method": config.method["name"],
             "injflow.data": config.data.name}
+    if run_id is not None:  # the logger sets tags only on a new run; a resume may have added or changed train.tags
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
     # synchronous=False: rows are queued and written by MLflow's background thread (a SQLite write per logged row would
     # cost the training loop milliseconds each); finalize() flushes the queue when the run is marked terminated.
     logger = MLFlowLogger(experiment_name=experiment, run_name=run.path.name, tracking_uri=uri, tags=tags, run_id=run_id,
