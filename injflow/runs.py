@@ -18,6 +18,7 @@ import torch
 from .config import Config
 from .model import InjectiveFlow
 from .rundir import RunDir
+from .threads import limit_threads
 
 __all__ = ["load_run", "sample_run", "evaluate_run", "method_terms", "report_runs"]
 
@@ -112,6 +113,22 @@ def method_terms(config: Config, flow: InjectiveFlow, x: torch.Tensor, c: torch.
     return {k: v / x.shape[0] for k, v in sums.items()}
 
 
+def _finalized_away(config: Config, flow: InjectiveFlow) -> str | None:
+    """Why the method's own terms cannot be computed on ``flow`` (``None`` when they can).
+
+    A finished run's ``model.pt`` holds the nets its method's ``finalize`` exported (e.g. a VAE's mean encoder,
+    without the posterior variance its KL needs; AE+SN's weights with the spectral norm baked in); the training nets
+    are in the run's checkpoints.
+    """
+    from .methods import Method
+
+    method = config.build_method()
+    if flow.finalized and type(method).finalize is not Method.finalize:
+        return (f"{method.name}: model.pt holds the exported plain nets, not the ones its loss terms need; "
+                f"`injflow evaluate RUN --checkpoint last` computes them on the training nets")
+    return None
+
+
 def evaluate_run(
     run: str | Path,
     *,
@@ -158,8 +175,9 @@ def evaluate_run(
     seed = config.train.seed if seed is None else seed
     eval_options = EvalOptions(seed=seed, cache=ReferenceStatsCache(fid_cache) if fid_cache else None, **options)
     log = print if verbose else None
-    evaluation = evaluate_flow(flow, x, kind=data.kind, out_dir=folder.eval, split=split, dataset=config.data.name,
-                               c=c if flow.conditional else None, options=eval_options, log=log)
+    with limit_threads(config.train.num_threads):  # torch and the BLAS/OpenMP pools (Fréchet distances), as in fit
+        evaluation = evaluate_flow(flow, x, kind=data.kind, out_dir=folder.eval, split=split, dataset=config.data.name,
+                                   c=c if flow.conditional else None, options=eval_options, log=log)
     status = folder.status()
     step = status.get("step")
     source = folder.checkpoint(checkpoint) if checkpoint is not None else folder.last_checkpoint
@@ -169,7 +187,13 @@ def evaluate_run(
     metrics: dict[str, Any] = {"run": str(folder.path), **evaluation.metrics}
     if checkpoint is not None:
         metrics["checkpoint"] = {"which": checkpoint, "step": step, "state": status["state"]}
-    metrics["method_terms"] = method_terms(config, flow, x, c, step=step, seed=seed, batch_size=eval_options.batch_size)
+    unavailable = _finalized_away(config, flow)
+    if unavailable:
+        metrics["method_terms"], metrics["method_terms_unavailable"] = {}, unavailable
+    else:
+        with limit_threads(config.train.num_threads):
+            metrics["method_terms"] = method_terms(config, flow, x, c, step=step, seed=seed,
+                                                   batch_size=eval_options.batch_size)
     folder.write_json(folder.metrics_json, metrics)
     if verbose:
         print(json.dumps({k: v for k, v in metrics.items() if k not in ("latent", "spectrum", "figures")}, indent=2))

@@ -30,6 +30,7 @@ from ..errors import CheckpointError, DataError, InjflowError, NonFiniteLossErro
 from ..io import load_torch
 from ..model import InjectiveFlow
 from ..rundir import RunDir
+from ..threads import limit_threads
 
 __all__ = [
     "FitResult",
@@ -558,8 +559,9 @@ def ensure_samplers(flow: InjectiveFlow, data: RunData, config: Config, names: l
     wanted = list(names) if names is not None else list(config.train.samplers)
     missing = [n for n in wanted if n not in flow.samplers]
     if missing:
-        flow.fit_samplers(data.train, names=missing, n_components=config.train.gmm_components, seed=config.train.seed,
-                          c=data.train_labels if flow.conditional else None)
+        with limit_threads(config.train.num_threads):  # scikit-learn's GMM would start one BLAS thread per core
+            flow.fit_samplers(data.train, names=missing, n_components=config.train.gmm_components,
+                              seed=config.train.seed, c=data.train_labels if flow.conditional else None)
     return missing
 
 
@@ -626,6 +628,13 @@ def fit_config(
         NonFiniteLossError: the loss or the weights became NaN/inf; the last checkpoint is intact.
         ConfigError, DataError, CheckpointError, RunFolderError, RunLockedError: found before anything was written.
     """
+    # train.num_threads bounds torch and the BLAS/OpenMP pools of everything the run does (the post-fit GMM too).
+    with limit_threads(config.train.num_threads):
+        return _fit_config(config, run_dir=run_dir, resume=resume, flow=flow, data=data, verbose=verbose)
+
+
+def _fit_config(config: Config, *, run_dir: str | Path | None, resume: bool, flow: InjectiveFlow | None,
+                data: RunData | None, verbose: bool) -> FitResult:
     from .callbacks import SignalFlag, StopRun
 
     plan = prepare_run(config, run_dir=run_dir, resume=resume, flow=flow, data=data)
