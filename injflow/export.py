@@ -369,8 +369,7 @@ def export_run(run: str | Path, *, format: str = "onnx", out: str | Path | None 
         ExportError: a graph differs from PyTorch by more than :data:`TOLERANCE` (relative).
     """
     from .io import atomic_write_json
-    from .runs import load_run
-    from .train.runner import load_run_data
+    from .loading import load_run, load_run_data
 
     folder, config, flow = load_run(run, checkpoint=checkpoint)
     data = load_run_data(config)

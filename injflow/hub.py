@@ -46,6 +46,7 @@ from .distributions import LatentDistribution, distribution_from_spec
 from .errors import CheckpointError, InjflowError
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .model import InjectiveFlow
+from .persistence import _rebuild  # the one way a described model gets its nets (config or given modules)
 
 __all__ = [
     "FORMAT",
@@ -257,7 +258,7 @@ def _read_folder(folder: Path, *, encoder: nn.Module | None = None, decoder: nn.
         raise CheckpointError(f"{folder}: the latent prior's buffers do not fit its specification ({e})") from None
     samplers = {name: _distribution(spec, f"samplers.{name}.", tensors, folder)
                 for name, spec in (info.get("samplers") or {}).items()}
-    flow = flow_class._rebuild(info, folder, encoder, decoder, latent)
+    flow = _rebuild(flow_class, info, folder, encoder, decoder, latent)
     nets = {k: v for k, v in tensors.items() if k.startswith(("encoder.", "decoder.", "latent."))}
     flow.load_nets(nets, source=folder / WEIGHTS_NAME)
     for name, sampler in samplers.items():
@@ -390,7 +391,7 @@ def export_pretrained(run: str | Path, out: str | Path | None = None, *, checkpo
         out: The model folder (default ``<run>/export/pretrained``).
         checkpoint: ``"last"``/``"best"`` for an unfinished run's checkpoint (samplers are fitted as ``fit`` would).
     """
-    from .runs import load_run
+    from .loading import load_run
 
     folder, _, flow = load_run(run, checkpoint=checkpoint)
     metrics = None

@@ -71,8 +71,8 @@ def require_package(tracker: str) -> Any:
     try:
         return importlib.import_module(package)
     except ImportError:
-        raise ConfigError(f"train.loggers: {tracker} is not installed; install it with pip install 'injflow[{extra}]' "
-                          f"(or remove {tracker} from train.loggers)") from None
+        raise ConfigError(f"{tracker} is not installed; install it with pip install 'injflow[{extra}]' (or remove "
+                          f"{tracker} from train.loggers)", key="train.loggers") from None
 
 
 def mlflow_tracking_uri(config: Config, run: RunDir) -> str:
@@ -111,8 +111,8 @@ def check_reachable(uri: str, key: str) -> None:
             pass
     except OSError as e:
         reason = e.strerror or type(e).__name__
-        raise ConfigError(f"{key}: cannot reach {uri} ({reason}); start the server, fix the address, or remove the "
-                          f"tracker from train.loggers") from None
+        raise ConfigError(f"cannot reach {uri} ({reason}); start the server, fix the address, or remove the tracker "
+                          f"from train.loggers", key=key) from None
 
 
 def check_trackers(config: Config, run: RunDir) -> None:

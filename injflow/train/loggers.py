@@ -102,7 +102,7 @@ def _mlflow_logger(config: Config, run: RunDir, known: dict[str, Any] | None) ->
     if run_id is None and client.get_experiment_by_name(experiment) is None:
         # Created here so its artefacts land beside a SQLite store rather than in ./mlruns of the working directory.
         client.create_experiment(experiment, artifact_location=mlflow_artifact_location(uri))
-    tags = {**config.train.tags, "injflow.run_folder": str(run.path.resolve()), "injflow.method": config.method["name"],
+    tags = {**config.train.tags, "injflow.run_folder": str(run.path.resolve()), "injflow.method": config.method.name,
             "injflow.data": config.data.name}
     if run_id is not None:  # the logger sets tags only on a new run; a resume may have added or changed train.tags
         for key, value in tags.items():
@@ -185,8 +185,8 @@ def build_loggers(config: Config, run: RunDir, csv_logger: Logger, *, resume: bo
                 logger, entry = build(config, run, known.get(name))
             except Exception as e:  # noqa: BLE001 - a tracker that cannot start its run (credentials, store): one line
                 first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-                raise ConfigError(f"train.loggers: {name} could not start its run ({type(e).__name__}: {first}); fix "
-                                  f"train.{name}, or remove {name} from train.loggers") from None
+                raise ConfigError(f"{name} could not start its run ({type(e).__name__}: {first}); fix train.{name}, "
+                                  f"or remove {name} from train.loggers", key="train.loggers") from None
             resumed = bool(known.get(name)) and entry.get("run_id", entry.get("id")) == known[name].get(
                 "run_id", known[name].get("id"))
             if name == "mlflow":
