@@ -659,8 +659,8 @@ def fif_loss_functional(
     The same loss as :func:`fif_loss` with ``mode="mixed"``, ``trace_space="latent"``, ``jacobian_at="x"``,
     ``grad_to="encoder"`` and the Hutchinson vectors ``eps`` (K, B, d) given:
 
-    .. math:: \mathcal L = -\log p_Z(z) - 	frac1K\sum_k \epsilon_k^	op f'(x)\,\mathrm{sg}ig(g'(z)\epsilon_kig)
-              + eta\|g(z) - x\|^2,\qquad z = f(x),
+    .. math:: \mathcal L = -\log p_Z(z) - \tfrac1K\sum_k \epsilon_k^\top f'(x)\,\mathrm{sg}\big(g'(z)\epsilon_k\big)
+              + \beta\|g(z) - x\|^2,\qquad z = f(x),
 
     with ``torch.func.vjp`` of the encoder (one forward shared with the NLL) and ``torch.func.jvp`` of the decoder,
     whose primal output is :math:`\hat x` (App. D.2). ``torch.compile`` traces these transforms whole, which it cannot
