@@ -194,6 +194,16 @@ def test_fff_method_options_and_refusals():
         FFF(n_hutchinson=3).check(latent_dim=2, data_dim=2)
 
 
+def test_compiled_training_takes_the_surrogate_and_refuses_exact():
+    # train.compile's path is FIF's default surrogate, which is FFF's too; the exact log-det is not in it.
+    from injflow.train.compile import check_compilable
+
+    flow = InjectiveFlow(nn.Linear(2, 2), nn.Linear(2, 2), latent_dim=2, data_shape=(2,))
+    check_compilable(FFF(), flow)
+    with pytest.raises(ConfigError, match="method.exact=true trains eagerly"):
+        check_compilable(FFF(exact=True), flow)
+
+
 def test_config_refuses_d_equal_D_for_injective_methods_and_d_below_D_for_fff():
     fif = load_config(None, ["model.latent_dim=2"])
     with pytest.raises(ConfigError, match="model.latent_dim: an injective flow needs d < D.*use method.name=fff"):
