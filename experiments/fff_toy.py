@@ -21,7 +21,7 @@ FFF's reconstruction error), ``densities.png`` (true density, FFF, NSF on a grid
 Scales:
 
 * ``smoke``: two moons, 2,000 training points, 2 s per model.
-* ``cpu``: all five data sets, 20,000 training points, 90 s per model, seed 0 (15 min).
+* ``cpu``: all five data sets, 20,000 training points, 60 s per model, seed 0 (about 12 min).
 * ``paper``: all five, 100,000 training points, 600 s per model, seeds 0–2.
 """
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
 
     names = exp.pick(("moons",), DATASETS, DATASETS)
     n_train = exp.pick(2000, 20_000, 100_000)
-    budget = exp.pick(2.0, 90.0, 600.0)
+    budget = exp.pick(2.0, 60.0, 600.0)
     seeds = exp.pick((0,), (0,), (0, 1, 2))
     resolution = exp.pick(40, 150, 200)
 
