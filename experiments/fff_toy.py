@@ -15,7 +15,8 @@ negative log-likelihood (nats): FFF's is ``InjectiveFlow.log_prob`` at d = D, th
 the checkerboard, by quadrature for two moons) is the known answer both should approach.
 
 Outputs: ``fff_toy.csv/json`` (data set, model, seed, budget, steps, train seconds, test NLL, true NLL, gap,
-FFF's reconstruction error), ``densities.png`` (true density, FFF, NSF on a grid, one row per data set),
+FFF's reconstruction error, and the total mass of the model's and the true density on the plotted window: FFF's
+change of variables is a normalised density only where its encoder is invertible, so a mass above 1 shows a fold), ``densities.png`` (true density, FFF, NSF on a grid, one row per data set),
 ``samples.png`` (test data, FFF samples g(z), NSF samples).
 
 Scales:
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     n_train = exp.pick(2000, 20_000, 100_000)
     budget = exp.pick(2.0, 60.0, 600.0)
     seeds = exp.pick((0,), (0,), (0, 1, 2))
-    resolution = exp.pick(40, 150, 200)
+    resolution = exp.pick(40, 300, 300)
 
     rows, densities, samples = [], {}, {}
     for name in names:
@@ -125,12 +126,21 @@ def main(argv: list[str] | None = None) -> None:
             exp.log(f"{name}: true {true_nll:.3f}, FFF {rows[-2]['test_nll']:.3f} (rec {rows[-2]['reconstruction']:.1e}), "
                     f"NSF {nsf_nll:.3f}")
 
+            # Total mass of each density on the plotted window: about 1 for a normalised density whose mass lies in the
+            # window. FFF's change of variables is a density only where the encoder is invertible; a fold (two x with
+            # one z) shows as mass above 1, which the test NLL alone cannot reveal.
+            with torch.no_grad():
+                nsf_grid = nsf().log_prob(points)
+            fff_grid = flow.log_prob(points.to(flow.device)).cpu()
+            cell = float((xx[0, 1] - xx[0, 0]) * (yy[1, 0] - yy[0, 0]))
+            true_grid = toy_log_prob(name, points).float()
+            for row, log_p in ((rows[-2], fff_grid), (rows[-1], nsf_grid)):
+                row["grid_mass"] = float(log_p.double().exp().sum()) * cell
+                row["true_grid_mass"] = float(true_grid.double().exp().sum()) * cell
             if seed == seeds[0]:
                 with torch.no_grad():
-                    nsf_grid = nsf().log_prob(points)
                     samples[name] = (data.test[:2000], flow.sample(2000, seed=seed).cpu(), nsf().sample((2000,)))
-                densities[name] = (xx, yy, [toy_log_prob(name, points).float(),
-                                            flow.log_prob(points.to(flow.device)).cpu(), nsf_grid])
+                densities[name] = (xx, yy, [true_grid, fff_grid, nsf_grid])
 
     write_table(rows, exp.out / NAME)
     note = (f"{exp.scale} scale: {n_train} training points, {budget:.0f} s wall clock per model, seeds {list(seeds)}; "
