@@ -521,6 +521,8 @@ def load_eight_gaussians(
 ) -> DataSplits:
     r"""Eight equal Gaussians on a circle of radius ``radius`` (full-dimensional; density known, :func:`toy_log_prob`)."""
     radius, std = check_noise("radius", radius), check_noise("std", std)
+    if std == 0:
+        raise ValueError("option std must be > 0 (the components are Gaussians with a density)")
     return _density_splits(
         "eight_gaussians", seed, {"train": n_train, "val": n_val, "test": n_test},
         lambda n, g: sample_eight_gaussians(n, radius, std, g),
