@@ -742,12 +742,19 @@ def as_config(config: Config | dict[str, Any] | str | Path | None) -> Config:
 
 
 def check_dimensions(config: Config, data_shape: tuple[int, ...]) -> None:
-    """Rejects impossible sizes once the data shape is known: d ≥ D, or K larger than the trace space."""
+    """Rejects impossible sizes once the data shape is known: d ≥ D (d ≠ D for a free-form flow), or K larger than the
+    trace space."""
     data_dim = math.prod(data_shape)
     d = config.model.latent_dim
-    if d >= data_dim:
-        raise ConfigError(f"an injective flow needs d < D, got d={d} for data of shape {tuple(data_shape)} (D={data_dim})",
-                          key="model.latent_dim")
+    method = config.method
+    if getattr(method, "full_dimensional", False):  # a free-form flow (fff): a normalizing flow, d = D
+        if d != data_dim:
+            raise ConfigError(f"method {method.name} is a free-form flow and needs d = D, got d={d} for data of shape "
+                              f"{tuple(data_shape)}; set model.latent_dim={data_dim}", key="model.latent_dim")
+    elif d >= data_dim:
+        hint = "; for d = D (a free-form flow, a normalizing flow) use method.name=fff" if d == data_dim else ""
+        raise ConfigError(f"an injective flow needs d < D, got d={d} for data of shape {tuple(data_shape)} (D={data_dim})"
+                          + hint, key="model.latent_dim")
     try:
         config.method.check(latent_dim=d, data_dim=data_dim)
     except ConfigError as e:

@@ -352,6 +352,16 @@ class InjectiveFlow(nn.Module):
         error :math:`\|\hat x - x\|^2`, which ``return_reconstruction=True`` also returns. Costs d decoder JVPs
         per sample (the full decoder Jacobian), so it is meant for small d.
 
+        A free-form flow (d = D, method ``fff``) is a normalizing flow :math:`f`, and this is instead the exact
+        density of x itself by the change of variables on the *encoder* side,
+
+        .. math:: \log p(x) = \log p_Z(f(x)) + \log|\det f'(x)|
+
+        (:func:`~injflow.estimators.log_abs_det_jacobian`: one slogdet of the D × D Jacobian, D backward passes):
+        the encoder is the flow whose density the FFF loss trains, and it is defined at every x, whereas the
+        decoder's :math:`-\log|\det g'(f(x))|` equals it only where g inverts f. The reconstruction error still
+        tells how far g is from :math:`f^{-1}` (and so how far samples :math:`g(z)` follow this density).
+
         Arguments:
             x: Data ``(B, *data_shape)``.
             return_reconstruction: Also return the per-sample squared reconstruction error.
@@ -363,11 +373,12 @@ class InjectiveFlow(nn.Module):
             ``log_prob`` of shape ``(B,)`` (and ``reconstruction`` of shape ``(B,)``), detached, on the model's
             device.
         """
-        from .estimators import decoder_log_volume
+        from .estimators import decoder_log_volume, log_abs_det_jacobian
 
         self._check_input(x)
         device = self.device
         labels = self._labels(c, x.shape[0])
+        square = self.latent_dim == math.prod(x.shape[1:])  # a free-form flow: the density of x, encoder side
 
         def one(xb: Tensor, view: Any) -> tuple[Tensor, Tensor]:
             xb = xb.to(device)
@@ -375,7 +386,10 @@ class InjectiveFlow(nn.Module):
                 z = view.encode(xb)
                 x_hat = view.decode(z)
             with torch.enable_grad():
-                log_vol = decoder_log_volume(view.decode, z.detach(), chunk_size=chunk_size)
+                if square:
+                    log_vol = -log_abs_det_jacobian(view.encode, xb, chunk_size=chunk_size)
+                else:
+                    log_vol = decoder_log_volume(view.decode, z.detach(), chunk_size=chunk_size)
             lp = self.latent.log_prob(z) - log_vol.detach().to(z.dtype)
             return lp.detach(), (x_hat - xb).flatten(1).pow(2).sum(1)
 

@@ -18,6 +18,7 @@ A model built from a config gets its nets rebuilt from that config; a model of y
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,16 +63,19 @@ def build_flow(
         data_shape, data_kind, image_shape = splits.data_shape, splits.kind, splits.image_shape
         num_classes = splits.num_classes if config.model.conditional else None
     m = config.model
+    # d = D only passes the config's dimension check for a free-form flow (method fff), so it means one here.
+    square = {"full_dimensional": True} if m.latent_dim == math.prod(data_shape) else {}
     if m.conditional:
         if num_classes is None:
             raise ValueError("model.conditional is true, so the number of classes is needed (the data set's labels)")
         encoder, decoder = build_conditional_autoencoder(
-            m.architecture, data_shape=tuple(data_shape), latent_dim=m.latent_dim, num_classes=num_classes, **m.options
+            m.architecture, data_shape=tuple(data_shape), latent_dim=m.latent_dim, num_classes=num_classes, **square,
+            **m.options
         )
     else:
         num_classes = None
         encoder, decoder = build_autoencoder(m.architecture, data_shape=tuple(data_shape), latent_dim=m.latent_dim,
-                                             **m.options)
+                                             **square, **m.options)
     latent = build_latent(m.latent.name, m.latent_dim, **m.latent.options)
     flow = cls(encoder, decoder, latent, data_shape=tuple(data_shape), config=config_to_dict(config),
                data_kind=data_kind, image_shape=image_shape, num_classes=num_classes)
