@@ -150,8 +150,7 @@ def images(exp: Experiment) -> tuple[list[dict], dict]:
 
     from injflow.data import load_dataset
     from injflow.dimension import estimate_dimension
-    from injflow.runs import load_run
-    from injflow.train.runner import load_run_data
+    from injflow.loading import load_run, load_run_data
 
     rows, spectra = [], {}
     runs = exp.args.ood_runs or (exp.out / "campaign")

@@ -1,5 +1,5 @@
-"""The ``injflow`` command line: ``fit``, ``sample``, ``evaluate``, ``dimension`` and ``report`` over YAML configs and
-run folders.
+"""The ``injflow`` command line: ``fit``, ``sample``, ``evaluate``, ``dimension``, ``report`` and ``export`` over YAML
+configs and run folders.
 
 Examples::
 
@@ -11,12 +11,13 @@ Examples::
     injflow report runs/fif-sinusoid-20240101-120000 [more runs to compare ...]
     injflow evaluate runs/fashion --ood mnist              # + OOD scores and AUROCs against MNIST
     injflow dimension runs/fif-sinusoid-20240101-120000    # intrinsic dimension of the learned manifold
+    injflow export runs/fif-sinusoid-20240101-120000 --format onnx   # or pretrained, torch-export
 
 This module only parses arguments: the work is done by :mod:`injflow.train.runner` (fit), :mod:`injflow.runs`
-(sample, evaluate, report) and :mod:`injflow.dimension` (dimension). An error injflow can explain
-(:class:`~injflow.errors.InjflowError`: a bad config key, bad data, a corrupt checkpoint, an unfinished run, a locked
-folder...) is printed as one line with exit status 2 (3 when training stopped on a non-finite loss, 128+N after
-signal N); ``--debug`` adds the traceback.
+(sample, evaluate, report), :mod:`injflow.dimension` (dimension), :mod:`injflow.hub` and :mod:`injflow.export`
+(export). An error injflow can explain (:class:`~injflow.errors.InjflowError`: a bad config key, bad data, a corrupt
+checkpoint, an unfinished run, a locked folder...) is printed as one line with exit status 2 (3 when training stopped
+on a non-finite loss, 128+N after signal N); ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -28,6 +29,16 @@ from .distributions import SAMPLERS
 from .runs import evaluate_run, report_runs, sample_run
 
 __all__ = ["main", "evaluate_run", "report_runs", "sample_run"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
 
 
 def _fmt(prog: str) -> argparse.HelpFormatter:
@@ -58,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, e.g. --set optim.lr=1e-4 (repeatable; several may follow one --set)", nargs="+")
     f.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint (with its saved config)")
+    f.add_argument("--overwrite", action="store_true",
+                   help="replace the run that run.dir already holds (its model, checkpoints, metrics and reports are "
+                        "deleted; without it such a folder is refused)")
     f.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
     s = sub.add_parser(
@@ -68,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="example:\n  injflow sample runs/fif-sinusoid-20240101-120000 --n 1000 --sampler gmm --temperature 0.8",
     )
     s.add_argument("run", metavar="RUN", help="run folder written by `injflow fit`")
-    s.add_argument("--n", type=int, default=1000, help="number of samples (default 1000)")
+    s.add_argument("--n", type=_positive_int, default=1000, help="number of samples (default 1000)")
     s.add_argument("--sampler", choices=["prior", *SAMPLERS.names()], default="prior",
                    help="prior = training latent; gaussian/gmm = post-fit on encoded training data")
     s.add_argument("--temperature", type=float, default=1.0, help="scales the latent spread (default 1)")
@@ -141,6 +155,28 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     m.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
+    x = sub.add_parser(
+        "export",
+        formatter_class=_fmt,
+        help="write a run's model for use outside injflow",
+        description="Write a run's model for other tools, in <RUN>/export/<format>/ unless --out is given:\n"
+        "  pretrained    a Hugging Face model folder: config.json, model.safetensors (no pickle), a model card README.md\n"
+        "                with the metrics of `injflow evaluate`; load with InjectiveFlow.from_pretrained(FOLDER)\n"
+        "  onnx          encoder.onnx, decoder.onnx and sample_<sampler>.onnx (the decode path, noise as inputs), each\n"
+        "                run in onnxruntime on the test split against PyTorch (differences in check.json)\n"
+        "  torch-export  the same graphs as torch.export programs (.pt2), checked the same way",
+        epilog="examples:\n  injflow export runs/fif-sinusoid-20240101-120000\n"
+        "  injflow export runs/fif-mnist --format onnx --out deploy/fif-mnist",
+    )
+    x.add_argument("run", metavar="RUN", help="run folder written by `injflow fit`")
+    x.add_argument("--format", choices=["pretrained", "onnx", "torch-export"], default="pretrained",
+                   help="what to write (default pretrained)")
+    x.add_argument("--out", metavar="DIR", default=None, help="output folder (default <RUN>/export/<format>)")
+    x.add_argument("--checkpoint", choices=["last", "best"], default=None,
+                   help="export this checkpoint of an unfinished run (default: the finished model.pt)")
+    x.add_argument("--max-rows", type=int, default=1000, help="test rows the graphs are checked on (default 1000)")
+    x.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+
     r = sub.add_parser(
         "report",
         formatter_class=_fmt,
@@ -167,9 +203,11 @@ def _run(args: argparse.Namespace) -> None:
         if args.resume:
             if args.config:
                 raise ConfigError("give either CONFIG or --resume RUN, not both (a resumed run uses its saved config)")
+            if args.overwrite:
+                raise ConfigError("give either --resume RUN (continue it) or --overwrite (replace it), not both")
             resume_run(args.resume, overrides)
         else:
-            fit_config(load_config(args.config, overrides))
+            fit_config(load_config(args.config, overrides), overwrite=args.overwrite)
     elif args.command == "sample":
         sample_run(args.run, n=args.n, sampler=args.sampler, temperature=args.temperature, seed=args.seed, out=args.out,
                    label=args.label, checkpoint=args.checkpoint, device=args.device)
@@ -187,6 +225,16 @@ def _run(args: argparse.Namespace) -> None:
                       checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size)
     elif args.command == "report":
         report_runs(args.runs, out=args.out, title=args.title)
+    elif args.command == "export":
+        if args.format == "pretrained":
+            from .hub import export_pretrained
+
+            folder = export_pretrained(args.run, args.out, checkpoint=args.checkpoint)
+            print(f"[injflow] model folder -> {folder}  (InjectiveFlow.from_pretrained({str(folder)!r}))")
+        else:
+            from .export import export_run
+
+            export_run(args.run, format=args.format, out=args.out, checkpoint=args.checkpoint, max_rows=args.max_rows)
 
 
 def main(argv: list[str] | None = None) -> int:

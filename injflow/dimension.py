@@ -250,9 +250,8 @@ def dimension_run(
     import json
 
     from .io import atomic_write_text
+    from .loading import load_run, load_run_data
     from .plots import plot_dimension_estimate
-    from .runs import load_run
-    from .train.runner import load_run_data
 
     folder, config, flow = load_run(run, checkpoint=checkpoint, device=device, samplers=False)
     if flow.conditional:

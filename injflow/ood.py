@@ -461,8 +461,7 @@ def ood_run(
     Returns:
         The ``ood`` section written into ``metrics.json``.
     """
-    from .runs import load_run
-    from .train.runner import load_run_data
+    from .loading import load_run, load_run_data
 
     folder, config, flow = load_run(run, checkpoint=checkpoint, device=device)
     data = load_run_data(config)

@@ -130,15 +130,15 @@ def _linear_gaussian_vae(sigma: float) -> tuple[InjectiveFlow, torch.Tensor, tor
     q = torch.linalg.qr(torch.randn(big_d, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64))[0]
     w, b = q * torch.tensor([2.0, 0.5], dtype=torch.float64), torch.arange(big_d, dtype=torch.float64) / 10
     cov_post = torch.linalg.inv(torch.eye(d, dtype=torch.float64) + w.T @ w / sigma**2)
-    mean_net, var_net, dec = nn.Linear(big_d, d).double(), nn.Linear(big_d, d).double(), nn.Linear(d, big_d).double()
+    mean_net, var_head, dec = nn.Linear(big_d, d).double(), nn.Linear(d, d).double(), nn.Linear(d, big_d).double()
     with torch.no_grad():
         mean_net.weight.copy_(cov_post @ w.T / sigma**2)
         mean_net.bias.copy_(-(cov_post @ w.T @ b) / sigma**2)
-        var_net.weight.zero_()
-        var_net.bias.copy_(cov_post.diagonal().log())
+        var_head.weight.zero_()  # a constant log-variance: the exact posterior's
+        var_head.bias.copy_(cov_post.diagonal().log())
         dec.weight.copy_(w)
         dec.bias.copy_(b)
-    flow = InjectiveFlow(GaussianEncoder(mean_net, var_net), dec, latent_dim=d, data_shape=(big_d,))
+    flow = InjectiveFlow(GaussianEncoder(mean_net, var_head, split=None), dec, latent_dim=d, data_shape=(big_d,))
     return flow, w, b
 
 
@@ -151,7 +151,7 @@ def test_importance_weighted_bound_is_exact_with_the_true_posterior():
         torch.testing.assert_close(importance_weighted_nll(flow, x, sigma=sigma, n_samples=k), -marginal.log_prob(x),
                                    rtol=1e-9, atol=1e-9)
     with torch.no_grad():  # a worse posterior: the bound loosens, more samples tighten it, never past log p(x)
-        flow.encoder.log_variance_net.bias.add_(1.5)
+        flow.encoder.log_variance_head.bias.add_(1.5)
     one, many = (importance_weighted_nll(flow, x, sigma=sigma, n_samples=k, seed=1).mean() for k in (1, 256))
     assert float(-marginal.log_prob(x).mean()) < float(many) < float(one)
     plain = InjectiveFlow(nn.Linear(5, 2), nn.Linear(2, 5), latent_dim=2, data_shape=(5,))
