@@ -248,7 +248,7 @@ def test_sweep_folder_refusals_come_before_ray(tmp_path, monkeypatch):
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray must not start")
 
-    monkeypatch.setattr(runner, "_ray_session", no_ray)
+    monkeypatch.setattr(runner, "ray_session", no_ray)
     spec = spec_from_dict(smoke_spec(), name="t")
     folder = tmp_path / "sweep"
     with RunDir(folder).lock("sweep"):  # a second sweep on a folder in use is refused in one line

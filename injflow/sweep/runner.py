@@ -11,7 +11,7 @@ r"""The sweep driver: trials on Ray Tune, selection, the selected trials' test e
    ``--gpus-per-trial`` GPUs (a fraction shares a GPU) and up to ``--max-failures`` restarts of a trial whose process
    dies; Ray starts on this machine's cores, or joins the cluster at ``--address`` / ``$RAY_ADDRESS``;
 4. selects per group and criterion on the validation metrics (:mod:`~injflow.sweep.selection`) and sends the
-   selected trials' test evaluation to Ray;
+   selected trials' test evaluation to Ray (plain Ray tasks with the same resources: there is nothing to tune);
 5. writes ``DIR/trials.csv`` and ``DIR/selection.json`` and prints the summary.
 
 A killed driver loses nothing: ``--resume`` reads the same states and runs only what is left (finished trials are
@@ -49,7 +49,7 @@ from .spec import SpecError, SweepSpec, default_dir, load_spec, spec_from_dict
 from .tables import summary_lines, write_selection_json, write_trials_csv
 from .trial import make_task
 
-__all__ = ["RayMissingError", "SweepResult", "run_sweep", "plan_sweep", "RAY_INSTALL_HINT"]
+__all__ = ["RayMissingError", "SweepResult", "run_sweep", "plan_sweep", "ray_session", "RAY_INSTALL_HINT"]
 
 RAY_INSTALL_HINT = "pip install 'injflow[sweep]' (or pip install 'ray[tune]')"
 SWEEP_FILE = "sweep.json"
@@ -152,8 +152,9 @@ def _records(folder: Path, spec: SweepSpec, trials: list[Trial]) -> list[TrialRe
 
 
 @contextlib.contextmanager
-def _ray_session(address: str | None) -> Iterator[Any]:
-    """Ray, started on this machine (or joined at ``address`` / ``$RAY_ADDRESS``) unless already running here."""
+def ray_session(address: str | None = None) -> Iterator[Any]:
+    """Ray, started on this machine (or joined at ``address`` / ``$RAY_ADDRESS``) unless this process already runs
+    it; stopped at the end if started here. Several sweeps inside one session share one Ray start-up (seconds)."""
     for key, value in RAY_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
     try:
@@ -164,11 +165,33 @@ def _ray_session(address: str | None) -> Iterator[Any]:
     if started:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                  runtime_env={"env_vars": {k: os.environ[k] for k in RAY_ENVIRONMENT}})
+    with _quiet_ray():
+        try:
+            yield ray
+        finally:
+            if started:
+                ray.shutdown()
+
+
+@contextlib.contextmanager
+def _quiet_ray() -> Iterator[None]:
+    """Ray's console messages off while the sweep runs: Tune's tracebacks of failed trials (the trial's line says
+    what failed) and the raylet's notes on dead workers (the ``restarting`` line says it; Ray's own switch for its
+    debugger, ``ray._private.worker._worker_logs_enabled``). Everything stays in Ray's session logs."""
+    import ray._private.worker as ray_worker
+
+    loggers = {name: logging.getLogger(name) for name in ("ray.tune", "ray.train", "ray.air")}
+    levels = {name: log.level for name, log in loggers.items()}
+    enabled = getattr(ray_worker, "_worker_logs_enabled", True)
+    for log in loggers.values():
+        log.setLevel(logging.CRITICAL)
+    ray_worker._worker_logs_enabled = False
     try:
-        yield ray
+        yield
     finally:
-        if started:
-            ray.shutdown()
+        ray_worker._worker_logs_enabled = enabled
+        for name, log in loggers.items():
+            log.setLevel(levels[name])
 
 
 def _trial_name(trial: Any) -> str:
@@ -224,6 +247,32 @@ def _tune(tasks: list[dict[str, Any]], *, stage: str, folder: Path, cpus: float,
                                   callbacks=[_callback(progress, max_failures)]),
     )
     tuner.fit()
+
+
+def _remote(tasks: list[dict[str, Any]], *, stage: str, cpus: float, gpus: float, max_concurrent: int | None,
+            max_failures: int, log: Callable[[str], None], metrics: list[str] | None) -> None:
+    """Runs tasks as plain Ray tasks (the selected trials' test scoring: nothing to tune, so no Tuner to start);
+    Ray retries a task whose worker died up to ``max_failures`` times."""
+    import ray
+
+    from .trial import execute
+
+    remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=max_failures)(execute)
+    progress = Progress(stage, len(tasks), log=log, metrics=metrics)
+    pending, running = list(tasks), {}
+    limit = max_concurrent or len(tasks)
+    while pending or running:
+        while pending and len(running) < limit:
+            task = pending.pop(0)
+            running[remote.remote(task)] = task["name"]
+            progress.started(task["name"])
+        ready, _ = ray.wait(list(running), num_returns=1)
+        for ref in ready:
+            name = running.pop(ref)
+            try:
+                progress.finished(name, ray.get(ref))
+            except Exception as e:  # noqa: BLE001 - Ray's error of the task (a dead worker after its retries...)
+                progress.errored(name, describe_ray_error(str(e)), max_failures + 1)
 
 
 def plan_sweep(spec: SweepSpec, folder: Path, trials: list[Trial], *, max_concurrent: int | None = None,
@@ -348,14 +397,17 @@ def _run(spec: SweepSpec, folder: Path, trials: list[Trial], *, address: str | N
             nonlocal ray_started
             if not ray_started:
                 t0 = time.perf_counter()
-                stack.enter_context(_ray_session(address))
+                stack.enter_context(ray_session(address))
                 ray_started = True
                 log(f"[sweep] Ray ready in {time.perf_counter() - t0:.1f} s")
             tasks = [make_task(spec, t, _trial_folder(folder, t), stage, cpus=cpus, gpus=gpus)
                      for t in trials if t.name in names]
-            shown = metrics if stage == "train" else spec.test.metric_names() if spec.test is not None else None
-            _tune(tasks, stage=stage, folder=folder, cpus=cpus, gpus=gpus, max_concurrent=max_concurrent,
-                  max_failures=max_failures, log=log, metrics=shown)
+            if stage == "train":
+                _tune(tasks, stage=stage, folder=folder, cpus=cpus, gpus=gpus, max_concurrent=max_concurrent,
+                      max_failures=max_failures, log=log, metrics=metrics)
+            else:
+                _remote(tasks, stage=stage, cpus=cpus, gpus=gpus, max_concurrent=max_concurrent, max_failures=max_failures,
+                        log=log, metrics=spec.test.metric_names() if spec.test is not None else None)
 
         if todo:
             tune_stage([r.name for r in todo], "train")
