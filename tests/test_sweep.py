@@ -23,6 +23,7 @@ from injflow.sweep import (
     Trial,
     TrialRecord,
     expand_grid,
+    load_spec,
     read_record,
     run_sweep,
     select,
@@ -124,6 +125,18 @@ def test_trial_overrides_add_threads_gpu_and_a_checkpoint_period():
     gpu = trial_overrides(Trial("t", BASE, ("train.checkpoint_every_n_steps=7",)), threads=1, gpus=0.25)
     assert "train.accelerator=gpu" in gpu and "train.devices=1" in gpu
     assert not any(o == "train.checkpoint_every_n_steps=50" for o in gpu)  # the spec's period stands
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_sweep_specs_load_and_every_trial_config_is_valid(path, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # config paths resolve against the spec's folder from anywhere
+    spec = load_spec(path)
+    assert spec.name == path.stem
+    trials = expand_grid(spec)
+    assert trials and not [t.error for t in trials if t.error]
+    assert not any(c.metric.startswith("test/") for c in spec.select) and spec.test is not None
+    scale = path.stem.rsplit("-", 1)[1]
+    assert (spec.evaluate or spec.test).features == ("pixels" if scale == "smoke" else "inception")
 
 
 # ---------------------------------------------------------------------------------------------------- selection
