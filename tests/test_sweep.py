@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import socket
 import subprocess
@@ -335,3 +336,23 @@ def test_dry_run_estimates_from_measured_runs(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert any(trials[0].name in line and "completed" in line for line in lines)
     assert lines[-1].startswith("estimated: 18 s of trials")  # 2 new trials x 46 steps x 0.2 s
+
+
+def test_the_docs_example_is_runnable(tmp_path, monkeypatch, one_thread):
+    """docs/sweeps.md "Sweep your own data": its data script and spec, one trial trained at a tiny scale in-process."""
+    import re
+
+    text = (REPO / "docs" / "sweeps.md").read_text().split("## Sweep your own data", 1)[1].split("\n## ", 1)[0]
+    python = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    spec_text = re.search(r"```yaml\n(.*?)```", text, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(python, "docs/sweeps.md", "exec"), {})
+    (tmp_path / "curve-sweep.yaml").write_text(spec_text)
+    spec = load_spec(tmp_path / "curve-sweep.yaml")
+    trials = expand_grid(spec)
+    assert len(trials) == 6 and not [t for t in trials if t.error] and "beta30-seed1" in [t.name for t in trials]
+    assert len({t.group for t in trials}) == 3
+    task = make_task(spec, trials[0], tmp_path / "runs" / trials[0].name, "train")
+    task["overrides"] += ["train.max_epochs=2"]
+    result = execute(task)
+    assert result["sweep/state"] == "completed" and math.isfinite(result["val/nll"])  # the default criterion's metric

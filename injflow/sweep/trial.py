@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,8 @@ def make_task(spec: SweepSpec, trial: Trial, folder: Path, stage: str, *, cpus: 
     resume = [o for o in overrides if o not in trial.overrides] + ["train.stop_after_steps=null"]
     return {"name": trial.name, "folder": str(folder), "config": trial.config, "stage": stage, "overrides": overrides,
             "resume_overrides": resume, "evaluate": None if spec.evaluate is None else spec.evaluate.to_dict(),
-            "test": None if spec.test is None else spec.test.to_dict(), "device": "cuda" if gpus > 0 else "cpu"}
+            "test": None if spec.test is None else spec.test.to_dict(), "device": "cuda" if gpus > 0 else "cpu",
+            "cwd": os.getcwd()}
 
 
 def _evaluation(task: dict[str, Any], key: str) -> Evaluation | None:
@@ -131,6 +133,10 @@ def execute(task: dict[str, Any]) -> dict[str, Any]:
     """Runs one task in this process; returns what the trial reports: ``sweep/state`` (``completed``, ``tested`` or
     ``failed``), ``sweep/error``, ``step``, ``train_seconds`` and its metrics (``val/...``, ``test/...``)."""
     _quiet()
+    # relative paths in the overrides (data.options.path=X.npy) mean what they meant where the sweep started; on a
+    # cluster node without that folder they must be absolute paths on shared storage (docs/sweeps.md)
+    if task.get("cwd") and Path(task["cwd"]).is_dir():
+        os.chdir(task["cwd"])
     folder = Path(task["folder"])
     evaluate, test = _evaluation(task, "evaluate"), _evaluation(task, "test")
     trial = Trial(task["name"], task["config"], tuple(task["overrides"]))
