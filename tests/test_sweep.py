@@ -244,7 +244,13 @@ def test_trial_trains_resumes_to_the_same_weights_scores_and_is_not_retrained(tm
     assert execute(task(stopped))["step"] == resumed["step"] and (stopped / "model.pt").stat().st_mtime_ns == stamp
     tested = execute(task(stopped, "test"))
     assert tested["sweep/state"] == "tested" and tested["test/fid_reconstruction"] > 0
-    assert json.loads(scores_file(stopped, "test").read_text())["protocol"]["split"] == "test"
+    # the small-n protocol: reconstructions of test[:16] and samples are scored against test[16:32]
+    assert json.loads(scores_file(stopped, "test").read_text())["protocol"]["label"] == "digits-test-16-32"
+    # a changed evaluation (here n) is recomputed, not silently reused
+    changed = task(stopped)
+    changed["evaluate"] = {**changed["evaluate"], "n": 8}
+    assert execute(changed)["val/fid_gmm"] != resumed["val/fid_gmm"]
+    assert json.loads(scores_file(stopped, "val").read_text())["evaluation"]["n"] == 8
     # a failing trial: the one-line error, recorded in its folder's status, and no exception
     bad = execute(task(tmp_path / "nan", extra=["optim.lr=1e8"]))
     assert bad["sweep/state"] == "failed" and bad["sweep/error"].startswith("NonFiniteLossError")

@@ -109,7 +109,8 @@ def score_run(run_dir: str | Path, evaluation: Evaluation, *, device: str = "cpu
 
     Returns:
         ``{"scores": {"fid_<set>": ..., "reconstruction_error": ..., "is_<set>": ...}, "protocol": ...,
-        "feature_extractor": ..., "images": ..., "seconds": ...}``; the score names carry no split prefix.
+        "feature_extractor": ..., "reference_from_cache": ..., "images": (sent through the extractor),
+        "seconds": ...}``; the score names carry no split prefix.
     """
     import injflow.api as inj
 
@@ -131,7 +132,7 @@ def score_run(run_dir: str | Path, evaluation: Evaluation, *, device: str = "cpu
     n = evaluation.n
     protocol = fid_protocol(x, dataset=config.data.name, split=evaluation.split, n=n, disjoint=evaluation.disjoint)
     extractor = feature_extractor(evaluation.features, device)
-    reference, _ = protocol.reference.stats(extractor, _cache(evaluation), batch_size=50)
+    reference, cached = protocol.reference.stats(extractor, _cache(evaluation), batch_size=50)
     with torch.no_grad():
         recon = torch.cat([flow(protocol.reconstruct[i:i + 500].to(device)).cpu() for i in range(0, n, 500)])
     images = {"reconstruction": recon} if evaluation.reconstruction else {}
@@ -148,8 +149,8 @@ def score_run(run_dir: str | Path, evaluation: Evaluation, *, device: str = "cpu
         except LogitsUnavailableError as e:
             note = str(e).splitlines()[0]
     return {"scores": scores, "metric": metric_name(evaluation.features), "protocol": protocol.describe(),
-            "feature_extractor": getattr(extractor, "identity", type(extractor).__name__),
-            "images": n * (len(images) + 1), "is_note": note, "seconds": round(time.perf_counter() - t0, 2)}
+            "feature_extractor": getattr(extractor, "identity", type(extractor).__name__), "reference_from_cache": cached,
+            "images": n * len(images) + (0 if cached else n), "is_note": note, "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def real_data_score(config: Any, evaluation: Evaluation, *, device: str = "cpu") -> float:
