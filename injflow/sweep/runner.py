@@ -292,6 +292,7 @@ def plan_sweep(spec: SweepSpec, folder: Path, trials: list[Trial], *, max_concur
         + (f"; test evaluation of the selected trials (n = {spec.test.n})" if spec.test else ""))
     total, unknown = 0.0, 0
     width = max((len(t.name) for t in trials), default=5)
+    group_width = max((len(t.group) for t in trials), default=5)
     for trial, record in zip(trials, records):
         if record.state == "invalid":
             log(f"  {trial.name:<{width}}  invalid: {record.error}")
@@ -303,7 +304,7 @@ def plan_sweep(spec: SweepSpec, folder: Path, trials: list[Trial], *, max_concur
             unknown += 1
         else:
             total += estimate.seconds
-        log(f"  {trial.name:<{width}}  {trial.group:<16} {state:<15} {seconds:>9}  ({estimate.source})")
+        log(f"  {trial.name:<{width}}  {trial.group:<{group_width}}  {state:<15} {seconds:>9}  ({estimate.source})")
     log(f"estimated: {total:.0f} s of trials, ~{total / slots / 60:.1f} min with {slots} concurrent"
         + (f"; {unknown} trial(s) without an estimate" if unknown else "")
         + ("; plus the selected trials' test evaluation" if spec.test else ""))
