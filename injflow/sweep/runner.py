@@ -31,6 +31,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -398,9 +399,11 @@ def _run(spec: SweepSpec, folder: Path, trials: list[Trial], *, address: str | N
             nonlocal ray_started
             if not ray_started:
                 t0 = time.perf_counter()
+                running = "ray" in sys.modules and sys.modules["ray"].is_initialized()
                 stack.enter_context(ray_session(address))
                 ray_started = True
-                log(f"[sweep] Ray ready in {time.perf_counter() - t0:.1f} s")
+                log("[sweep] in this process's Ray session" if running else
+                    f"[sweep] Ray ready in {time.perf_counter() - t0:.1f} s")
             tasks = [make_task(spec, t, _trial_folder(folder, t), stage, cpus=cpus, gpus=gpus)
                      for t in trials if t.name in names]
             if stage == "train":
