@@ -32,7 +32,7 @@ from ..rundir import RunDir
 from .grid import Trial
 from .spec import Evaluation
 
-__all__ = ["TrialRecord", "read_record", "reported_terms", "scores_file", "TRIAL_FILE", "STATES"]
+__all__ = ["TrialRecord", "read_record", "reported_terms", "scores_file", "read_json", "TRIAL_FILE", "STATES"]
 
 TRIAL_FILE = "trial.json"
 #: The states of a trial, in the order the summary lists them.
@@ -73,7 +73,8 @@ class TrialRecord:
         return self.trial.name
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """A JSON file's content; ``None`` if it is missing or unreadable (a sweep file is rewritten atomically)."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -106,7 +107,7 @@ def _scores(folder: Path, evaluation: Evaluation | None, split: str) -> tuple[di
     """``(stored scores, error)`` of ``split`` if they were made by ``evaluation``; ``(None, None)`` otherwise."""
     if evaluation is None:
         return None, None
-    stored = _read_json(scores_file(folder, split))
+    stored = read_json(scores_file(folder, split))
     if not isinstance(stored, dict) or stored.get("evaluation") != evaluation.to_dict():
         return None, None
     return stored, stored.get("error")

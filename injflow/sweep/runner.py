@@ -44,7 +44,7 @@ from ..rundir import RunDir
 from .estimate import estimate_trial, find_measured
 from .grid import Trial, expand_grid
 from .progress import Progress, describe_ray_error
-from .records import TRIAL_FILE, TrialRecord, read_record
+from .records import TRIAL_FILE, TrialRecord, read_json, read_record
 from .selection import Selection, select
 from .spec import SpecError, SweepSpec, default_dir, load_spec, spec_from_dict
 from .tables import summary_lines, write_selection_json, write_trials_csv
@@ -107,12 +107,8 @@ def _resolve(spec: SweepSpec | str | Path | None, folder: str | Path | None, res
 
 
 def _stored(folder: Path) -> dict[str, Any] | None:
-    import json
-
-    try:
-        return json.loads((folder / SWEEP_FILE).read_text())
-    except (OSError, ValueError):
-        return None
+    stored = read_json(folder / SWEEP_FILE)
+    return stored if isinstance(stored, dict) else None
 
 
 def _check_folder(folder: Path, resume: bool) -> None:
@@ -130,18 +126,11 @@ def _trial_folder(folder: Path, trial: Trial) -> Path:
 
 def _check_identities(folder: Path, trials: list[Trial]) -> None:
     """A trial folder made from other overrides is refused (the old one would be resumed as if it were this)."""
-    import json
-
     for trial in trials:
-        if trial.error is not None:
-            continue
         path = _trial_folder(folder, trial) / TRIAL_FILE
-        try:
-            stored = json.loads(path.read_text())
-        except FileNotFoundError:
+        if trial.error is not None or not path.exists():
             continue
-        except (OSError, ValueError):
-            stored = None
+        stored = read_json(path)
         if stored != trial.identity():
             raise SpecError(f"{path.parent} was made from {stored.get('overrides') if isinstance(stored, dict) else '?'}, "
                             f"not {list(trial.overrides)}: the spec changed under the same trial name; move the folder "

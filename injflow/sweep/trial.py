@@ -31,7 +31,7 @@ from ..errors import InjflowError, RunInterrupted, RunLockedError
 from ..io import atomic_write_json
 from ..rundir import RunDir
 from .grid import Trial, trial_overrides
-from .records import TRIAL_FILE, read_record, scores_file
+from .records import TRIAL_FILE, read_json, read_record, scores_file
 from .spec import Evaluation, SweepSpec
 
 __all__ = ["make_task", "execute", "run_task", "train_trial", "evaluate_trial"]
@@ -95,7 +95,7 @@ def evaluate_trial(task: dict[str, Any], evaluation: Evaluation) -> None:
 
     folder = Path(task["folder"])
     path = scores_file(folder, evaluation.split)
-    stored = _read(path)
+    stored = read_json(path)
     if isinstance(stored, dict) and stored.get("evaluation") == evaluation.to_dict() and "error" not in stored:
         return
     try:
@@ -104,15 +104,6 @@ def evaluate_trial(task: dict[str, Any], evaluation: Evaluation) -> None:
         atomic_write_json(path, {"evaluation": evaluation.to_dict(), "error": f"{type(e).__name__}: {e}"})
         return
     atomic_write_json(path, {"evaluation": evaluation.to_dict(), **scores})
-
-
-def _read(path: Path) -> Any:
-    import json
-
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _record_failure(folder: Path, error: Exception) -> None:
