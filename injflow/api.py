@@ -15,8 +15,9 @@ Your own networks::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
@@ -29,6 +30,9 @@ from .model import DATA_KINDS, InjectiveFlow
 from .runs import evaluate_run as evaluate
 from .runs import sample_run as sample
 from .train.runner import FitResult, fit_config, resume_run
+
+if TYPE_CHECKING:
+    from .sweep import SweepResult, SweepSpec
 
 __all__ = [
     "AE",
@@ -50,6 +54,7 @@ __all__ = [
     "load_config",
     "resume",
     "sample",
+    "sweep",
     "train",
 ]
 
@@ -161,6 +166,45 @@ def load(path: str | Path, *, checkpoint: str | None = None, **kwargs: Any) -> I
     return InjectiveFlow.load(path, **kwargs)
 
 
-def resume(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> FitResult:
-    """Continues a killed run from its last checkpoint (like ``injflow fit --resume RUN``)."""
-    return resume_run(run_dir, overrides)
+def resume(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), *, verbose: bool = True) -> FitResult:
+    """Continues a killed run from its last checkpoint (like ``injflow fit --resume RUN``); ``verbose``: print where
+    artefacts went."""
+    return resume_run(run_dir, overrides, verbose=verbose)
+
+
+def sweep(
+    spec: SweepSpec | str | Path | None,
+    *,
+    folder: str | Path | None = None,
+    resume: bool = False,
+    address: str | None = None,
+    cpus_per_trial: float = 1,
+    gpus_per_trial: float = 0,
+    max_concurrent: int | None = None,
+    max_failures: int = 2,
+    retry_failed: bool = False,
+    dry_run: bool = False,
+    log: Callable[[str], None] = print,
+) -> SweepResult:
+    """Runs a sweep on Ray Tune, like ``injflow sweep SPEC`` (:func:`injflow.sweep.run_sweep`, docs/sweeps.md).
+
+    Arguments:
+        spec: A spec file (YAML), a :class:`~injflow.sweep.SweepSpec`, or with ``resume`` the sweep folder.
+        folder: The sweep folder (default ``runs/sweeps/<spec name>``).
+        resume: Continue the sweep in ``folder``: finished trials are kept, interrupted ones resume.
+        address: A Ray cluster (default ``$RAY_ADDRESS``, else Ray starts on this machine).
+        cpus_per_trial, gpus_per_trial: Resources per trial (a GPU fraction shares a GPU).
+        max_concurrent: At most this many trials at once.
+        max_failures: Restarts of a trial whose process died.
+        retry_failed: Run the trials that failed before again.
+        dry_run: Only list the trials with their states and estimated times.
+        log: Where progress lines go.
+
+    Returns:
+        A :class:`~injflow.sweep.SweepResult` (records, selections, ``complete``).
+    """
+    from .sweep import run_sweep
+
+    return run_sweep(spec, folder=folder, resume=resume, address=address, cpus_per_trial=cpus_per_trial,
+                     gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent, max_failures=max_failures,
+                     retry_failed=retry_failed, dry_run=dry_run, log=log)
