@@ -69,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="prior = training latent; gaussian/gmm = post-fit on encoded training data")
     s.add_argument("--temperature", type=float, default=1.0, help="scales the latent spread (default 1)")
     s.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    s.add_argument("--out", help="output .pt file (default <RUN>/samples/...)")
+    s.add_argument("--out", help="output file, written as its suffix says: .npy, .csv (with the training columns' header), .pt "
+                   "or .png (a picture) (default <RUN>/samples/<sampler>_T<T>.pt)")
     s.add_argument("--class", dest="label", type=int, default=None, metavar="C",
                    help="class label of a conditional model (default: every class in turn)")
     s.add_argument("--checkpoint", choices=["last", "best"], default=None,

@@ -48,7 +48,8 @@ def sample_run(
     checkpoint: str | None = None,
     device: str = "cpu",
 ) -> Path:
-    """Writes ``n`` samples of a run to ``<run>/samples/<sampler>_T<temperature>[_class<c>].pt`` and a picture.
+    """Writes ``n`` samples of a run to ``out`` (``.npy``, ``.csv``, ``.pt`` or ``.png``, as its suffix says; default
+    ``<run>/samples/<sampler>_T<temperature>[_class<c>].pt``) and a picture beside it.
 
     Arguments:
         run: The run folder.
@@ -56,15 +57,18 @@ def sample_run(
         sampler: ``prior``, ``gaussian`` or ``gmm`` (a post-fit sampler the run lacks is fitted as ``fit`` would).
         temperature: Scales the latent spread.
         seed: Sampling seed.
-        out: The ``.pt`` file (default in ``<run>/samples/``).
+        out: The file (default in ``<run>/samples/``): ``.npy``, ``.csv`` (with the training columns' header), ``.pt``
+            or ``.png`` (the picture only); anything else is refused before sampling.
         label: The class of a conditional model (``None``: one class after the other).
         checkpoint: ``"last"``/``"best"`` to sample an unfinished run's checkpoint.
         device: Where to decode.
     """
-    from .io import atomic_torch_save
+    from .outputs import check_sample_path, write_samples
     from .plots import plot_samples
     from .train.runner import ensure_samplers, load_run_data
 
+    if out is not None:
+        check_sample_path(out)
     folder, config, flow = load_run(run, checkpoint=checkpoint, device=device, samplers=False)
     if sampler != "prior" and sampler not in flow.samplers:
         ensure_samplers(flow, load_run_data(config), config, names=[sampler])
@@ -77,10 +81,10 @@ def sample_run(
     x = flow.sample(n, sampler=sampler, temperature=temperature, seed=seed, c=c).cpu()
     suffix = "" if label is None else f"_class{label}"
     out = Path(out) if out else folder.samples / f"{sampler}_T{temperature:g}{suffix}.pt"
-    atomic_torch_save(x, out)
     title = f"{n} samples: {sampler}, T={temperature:g}" + ("" if label is None else f", class {label}")
-    picture = plot_samples(x, out.with_suffix(".png"), data_kind=flow.data_kind or "tabular", title=title,
-                           image_shape=flow.image_shape)
+    drawing = dict(data_kind=flow.data_kind or "tabular", title=title, image_shape=flow.image_shape)
+    write_samples(x, out, columns=getattr(flow, "columns", None), **drawing)
+    picture = out if out.suffix.lower() == ".png" else plot_samples(x, out.with_suffix(".png"), **drawing)
     print(f"[injflow] {n} samples ({sampler}, T={temperature:g}{'' if label is None else f', class {label}'}) -> {out}"
           f"\n[injflow] picture -> {picture}")
     return out
