@@ -49,14 +49,19 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "OWN_DATA",
     "STANDARDIZE_METHODS",
     "AffineScaler",
+    "fit_data_scaler",
     "fit_scaler",
     "resolve_standardize",
+    "scale_splits",
     "scale_warning",
     "scaled_maps",
 ]
 
+#: The data sets that are the user's own (``auto`` scales them): files, image folders, tensors given to the API.
+OWN_DATA = ("array", "image_folder", "tensors")
 #: The values ``data.standardize`` accepts.
 STANDARDIZE_METHODS = ("auto", "features", "global", "range", "none")
 #: A column whose standard deviation is below this fraction of its magnitude (or below 1e-12) counts as constant: it
@@ -290,3 +295,39 @@ def scaled_maps(encode: Any, decode: Any, scaler: AffineScaler) -> tuple[Any, An
         tensor([[0.5000, 0.5000]])
     """
     return (lambda x, *c: encode(scaler(x), *c)), (lambda z, *c: scaler.inverse(decode(z, *c)))
+
+
+def fit_data_scaler(data: Any, standardize: str = "auto", value_range: Sequence[float] | None = None
+                    ) -> tuple[AffineScaler, str | None]:
+    r"""The scaler ``data.standardize`` asks for, fitted on the training split of ``data`` (a
+    :class:`~injflow.data.DataSplits`), and the one message to show before training, if any: what ``auto`` chose
+    when it had to guess, or :func:`scale_warning`'s when own data stay unscaled and look far from the model's
+    assumptions.
+
+    Example:
+        >>> from injflow.data import DataSplits
+        >>> x = torch.tensor([[1.0, 100.0], [3.0, 300.0], [5.0, 200.0]])
+        >>> scaler, message = fit_data_scaler(DataSplits("array", "tabular", x, x, x, (2,)))
+        >>> scaler.method, message
+        ('features', None)
+    """
+    own = data.name in OWN_DATA
+    method, declared, note = resolve_standardize(standardize, kind=data.kind, train=data.train, value_range=value_range,
+                                                 own_data=own)
+    scaler = fit_scaler(data.train, method, value_range=declared)
+    if note is None and scaler.is_identity and (own or standardize == "none"):
+        note = scale_warning(data.train, kind=data.kind, columns=data.info.get("columns"))
+    return scaler, note
+
+
+def scale_splits(data: Any, scaler: AffineScaler) -> Any:
+    """``data`` (a :class:`~injflow.data.DataSplits`) in model units: every split mapped by ``scaler``, labels and
+    description unchanged (the same object when the scaler is the identity)."""
+    if scaler.is_identity:
+        return data
+    import dataclasses
+
+    with torch.no_grad():
+        mapped = {name: None if getattr(data, name) is None else scaler(getattr(data, name)).contiguous()
+                  for name in ("train", "val", "test")}
+    return dataclasses.replace(data, **mapped)
