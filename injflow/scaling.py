@@ -106,6 +106,10 @@ class AffineScaler(nn.Module):
         self.register_buffer("scale", scale.clone())
         self.method = method
         self.value_range = None if value_range is None else [float(v) for v in value_range]
+        self._identity = self._is_identity()
+        # Loading a state (a checkpoint, model.pt) may change the buffers: re-read whether the map is the identity, so
+        # that the per-call question costs nothing (no device sync per training step).
+        self.register_load_state_dict_post_hook(_reread_identity)
 
     @classmethod
     def identity(cls, data_shape: Sequence[int]) -> AffineScaler:
@@ -113,10 +117,14 @@ class AffineScaler(nn.Module):
         shape = tuple(int(s) for s in data_shape)
         return cls(torch.zeros(shape), torch.ones(shape))
 
+    def _is_identity(self) -> bool:
+        return bool((self.shift == 0).all() and (self.scale == 1).all())
+
     @property
     def is_identity(self) -> bool:
-        """Whether the map changes nothing (then the model's units are the user's)."""
-        return bool((self.shift == 0).all() and (self.scale == 1).all())
+        """Whether the map changes nothing (then the model's units are the user's). Read when the scaler is made or
+        loaded (``load_state_dict``); write the buffers through those, not in place."""
+        return self._identity
 
     def forward(self, x: Tensor) -> Tensor:
         """User units → model units, :math:`(x - \\mu) / \\sigma` (``x`` of shape ``(B, *data_shape)``)."""
@@ -164,6 +172,10 @@ class AffineScaler(nn.Module):
 
     def extra_repr(self) -> str:
         return f"method={self.method}, shape={tuple(self.shift.shape)}"
+
+
+def _reread_identity(module: AffineScaler, incompatible_keys: Any) -> None:
+    module._identity = module._is_identity()
 
 
 def fit_scaler(x: Tensor, method: str, *, value_range: Sequence[float] | None = None) -> AffineScaler:
