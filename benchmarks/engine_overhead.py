@@ -34,7 +34,8 @@ CONFIGS = {"default": None, "small/fif-tabular-power": REPO / "configs/small/fif
 
 
 def _plan(config_path, epochs: int, run_dir: Path, extra: list[str]):
-    from injflow.train import load_config, prepare_run
+    from injflow.config import load_config
+    from injflow.train import prepare_run
 
     overrides = [f"train.max_epochs={epochs}", "train.pictures=false", "train.samplers=[]", *extra]
     return prepare_run(load_config(config_path, overrides), run_dir=run_dir)
@@ -48,7 +49,8 @@ def plain_loop(config_path, epochs: int, extra: list[str]) -> tuple[float, int]:
 
     with tempfile.TemporaryDirectory() as tmp:
         plan = _plan(config_path, epochs, Path(tmp) / "run", extra)
-    config, flow, method, data = plan.config, plan.flow, plan.method, plan.data
+    config, flow, data = plan.config, plan.flow, plan.data
+    method = config.method
     L.seed_everything(config.train.seed, verbose=False)
     o = config.optim
     optimizer = torch.optim.Adam(flow.parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
@@ -85,7 +87,7 @@ def plain_loop(config_path, epochs: int, extra: list[str]) -> tuple[float, int]:
 def engine_loop(config_path, epochs: int, extra: list[str]) -> tuple[float, int]:
     """``injflow fit``'s training loop (``train_run``): returns (seconds, steps)."""
     from injflow.train.callbacks import SignalFlag
-    from injflow.train.runner import train_run
+    from injflow.train.trainer import train_run
 
     with tempfile.TemporaryDirectory() as tmp:
         plan = _plan(config_path, epochs, Path(tmp) / "run", extra)

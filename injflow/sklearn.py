@@ -139,7 +139,8 @@ class InjectiveFlowEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
 
     def fit(self, X: Any, y: Any = None) -> InjectiveFlowEstimator:
         """Trains on the rows of ``X`` (at least 2; ``y`` is ignored); returns ``self``."""
-        from .train.runner import RunData, fit_config
+        from .data import DataSplits
+        from .train.runner import fit_config
 
         x, _ = self._as_tensor(X, reset=True)
         if x.shape[1] <= int(self.latent_dim):
@@ -147,12 +148,13 @@ class InjectiveFlowEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
                              f"n_features={x.shape[1]}")
         config = self._config()
         self._n_features_out = int(self.latent_dim)
+        data = DataSplits("tensors", "tabular", x)
         if self.run_dir is not None:
-            result = fit_config(config, run_dir=Path(self.run_dir), data=RunData(x, kind="tabular"), verbose=self.verbose)
+            result = fit_config(config, run_dir=Path(self.run_dir), data=data, verbose=self.verbose)
             self.run_dir_ = Path(self.run_dir)
         else:  # the model lives in memory; its run folder is not needed afterwards
             with tempfile.TemporaryDirectory(prefix="injflow-sklearn-") as tmp:
-                result = fit_config(config, run_dir=Path(tmp) / "run", data=RunData(x, kind="tabular"), verbose=self.verbose)
+                result = fit_config(config, run_dir=Path(tmp) / "run", data=data, verbose=self.verbose)
             self.run_dir_ = None
         self.flow_ = result.flow.eval()
         return self

@@ -37,7 +37,8 @@ def test_fit_evaluate_sample_on_the_gpu(tmp_path):
 def test_training_steps_do_not_synchronise(tmp_path):
     """With step logging and the non-finite read spaced out, a training step makes no host synchronisation: over 100
     steps, the synchronisations torch reports (set_sync_debug_mode) are far fewer than the steps."""
-    from injflow.train import fit_config, load_config
+    from injflow.config import load_config
+    from injflow.train import fit_config
 
     cfg = load_config(None, [*FAST, "data.batch_size=100", "train.max_epochs=5", "train.accelerator=gpu",
                              "train.log_every_n_steps=1000", "train.check_finite_every_n_steps=1000",

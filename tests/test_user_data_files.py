@@ -80,11 +80,11 @@ def test_text_labels_become_classes_and_text_features_are_refused_by_name(tmp_pa
     path = tmp_path / "iris.csv"
     rows = [",".join(f"{v:g}" for v in row) + f",{name},{'red' if i % 2 else 'blue'}" for i, (row, name) in enumerate(zip(x, names))]
     path.write_text("a,b,c,species,colour\n" + "\n".join(rows) + "\n")
-    with pytest.raises(ValueError, match=r"option path: column 'species' of .* holds text \(e\.g\. 'setosa'\) \(also 'colour'\).*label_key=species"):
+    with pytest.raises(ValueError, match=r"path: column 'species' of .* holds text \(e\.g\. 'setosa'\) \(also 'colour'\).*label_key=species"):
         load_dataset("array", path=str(path))
     with pytest.raises(ValueError, match="column 'colour' .*holds text .*'blue'"):
         load_dataset("array", path=str(path), label_key="species")
-    with pytest.raises(ValueError, match="option label_key: .*has no column 'kind'; its columns are"):
+    with pytest.raises(ValueError, match="label_key: .*has no column 'kind'; its columns are"):
         load_dataset("array", path=str(path), label_key="kind")
     path.write_text("a,b,c,species\n" + "\n".join(r.rsplit(",", 1)[0] for r in rows) + "\n")
     data = load_dataset("array", path=str(path), label_key="species")
@@ -104,9 +104,9 @@ def test_a_label_column_by_number_in_every_array_format(tmp_path):
         data = load_dataset("array", path=str(path), label_key=-1)
         assert data.data_shape == (3,) and data.num_classes == 3, path
         _rows_match(data, x, y)
-    with pytest.raises(ValueError, match="option label_key: .*without column names: give the label column's number"):
+    with pytest.raises(ValueError, match="label_key: .*without column names: give the label column's number"):
         load_dataset("array", path=str(files["npy"]), label_key="y")
-    with pytest.raises(ValueError, match=r"option label_key: column 7 does not exist: .* has 4 columns"):
+    with pytest.raises(ValueError, match=r"label_key: column 7 does not exist: .* has 4 columns"):
         load_dataset("array", path=str(files["npy"]), label_key=7)
 
 
@@ -141,7 +141,7 @@ def test_val_and_test_files_share_the_training_classes_and_columns(tmp_path):
         load_dataset("array", path=str(tmp_path / "train.csv"), val_path=str(tmp_path / "val.csv"),
                      test_path=str(tmp_path / "test.csv"), label_key="label")
     write(tmp_path / "val.csv", x[20:25], names[20:25], header="p,q,s,label")
-    with pytest.raises(ValueError, match=r"option val_path: .*has the columns \['p', 'q', 's'\]"):
+    with pytest.raises(ValueError, match=r"val_path: .*has the columns \['p', 'q', 's'\]"):
         load_dataset("array", path=str(tmp_path / "train.csv"), val_path=str(tmp_path / "val.csv"),
                      test_path=str(tmp_path / "test.csv"), label_key="label")
 
@@ -152,7 +152,7 @@ def test_missing_cells_and_ragged_rows_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"NaN or inf \(or missing values\) in 1 of 10 rows \(file rows, from 0: \[1\]\)"):
         load_dataset("array", path=str(path))
     path.write_text("a,b\n1,2\n3,4,5\n")
-    with pytest.raises(ValueError, match="option path: .*line 3 has 3 fields, expected 2"):
+    with pytest.raises(ValueError, match="path: .*line 3 has 3 fields, expected 2"):
         load_dataset("array", path=str(path))
 
 

@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import DataError, OptionError
 from .registry import register
-from .splits import DataSplits, seeded_generator
+from .splits import DataSplits, seeded_generator, validate_data
 
 __all__ = ["ArrayFile", "load_array", "read_array_file", "seeded_splits"]
 
@@ -46,8 +47,8 @@ SUFFIXES = (".npy", ".csv", ".parquet", ".npz", ".pt")
 _INDEX_NAMES = ("", "Unnamed: 0")
 
 
-def _option(name: str, message: str) -> ValueError:
-    return ValueError(f"option {name}: {message}")
+def _option(name: str, message: str) -> OptionError:
+    return OptionError(message, key=name)
 
 
 @dataclass
@@ -220,7 +221,7 @@ def read_array_file(path: str | Path, *, key: str | None = None, label_key: str 
             raise _option(option, f"{path}: unsupported file type {suffix!r}; use {', '.join(SUFFIXES)} "
                                   f"(or data.name=image_folder for a folder of images)")
     except ValueError as e:
-        if str(e).startswith("option "):
+        if isinstance(e, OptionError):
             raise
         raise _option(option, f"{path} cannot be read: {e}") from None
     if data is None:
@@ -281,7 +282,7 @@ def _finite_tensor(x: np.ndarray, path: str | Path) -> torch.Tensor:
     finite = torch.isfinite(data.reshape(data.shape[0], -1)).all(1)
     if not bool(finite.all()):
         rows = torch.nonzero(~finite).flatten()
-        raise ValueError(f"{path} has NaN or inf (or missing values) in {rows.numel()} of {data.shape[0]} rows (file rows, "
+        raise DataError(f"{path} has NaN or inf (or missing values) in {rows.numel()} of {data.shape[0]} rows (file rows, "
                          f"from 0: {rows[:5].tolist()}); drop or impute them first")
     return data
 
@@ -360,6 +361,7 @@ def load_array(
         raise _option("labels", f"expected one label per row ({x.shape[0]}), got shape {y.shape}")
     data = _finite_tensor(x, path)
     target = None if y is None else torch.from_numpy(y)
+    validate_data(data, name=str(path))  # the magnitude check, on the file's rows (from 0)
     splits: dict[str, Any]
     if val_path is None and test_path is None:
         splits = seeded_splits(data, target, seed=seed, n_val=n_val, n_test=n_test, source=path)

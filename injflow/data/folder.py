@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import OptionError
 from .arrays import seeded_splits
 from .registry import register
 from .splits import DataSplits
@@ -32,8 +33,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 _MODES = ("auto", "grayscale", "rgb")
 
 
-def _option(name: str, message: str) -> ValueError:
-    return ValueError(f"option {name}: {message}")
+def _option(name: str, message: str) -> OptionError:
+    return OptionError(message, key=name)
 
 
 def _images_in(folder: Path) -> list[Path]:

@@ -35,7 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from ..distributions import IsotropicNormal
-from .base import Method, ModelLike, register_method
+from ..errors import OptionError
+from .base import Clock, Method, ModelLike, register_method
 from .regularised import core_terms
 
 __all__ = ["GaussianEncoder", "VAE", "BetaVAE", "gaussian_kl"]
@@ -118,15 +119,13 @@ class _GaussianVAE(Method):
         """The per-sample pieces: core terms at the mean, the sampled reconstruction, KL and posterior variance."""
         posterior = getattr(getattr(model, "encoder", None), "posterior", None)
         if posterior is None:
-            raise ValueError(
-                f"{self.name}: the model's encoder has no posterior variance; call method.prepare(model) once before "
-                "training (the engine does this), or give an encoder with posterior(x) -> (mean, log_variance)"
-            )
+            raise ValueError(f"{self.name}: the model's encoder has no posterior variance; call method.prepare(model) once "
+                             "before training (the engine does this), or give an encoder with posterior(x) -> (mean, "
+                             "log_variance)")
         mean, log_var = posterior(batch)
         if log_var.shape != mean.shape:
-            raise ValueError(
-                f"{self.name}: posterior log-variance shape {tuple(log_var.shape)} != mean shape {tuple(mean.shape)}"
-            )
+            raise ValueError(f"{self.name}: posterior log-variance shape {tuple(log_var.shape)} != mean shape "
+                             f"{tuple(mean.shape)}")
         eps = torch.randn_like(mean)
         z = mean + (0.5 * log_var).exp() * eps
         sampled = (model.decode(z) - batch).flatten(1).pow(2).sum(1)
@@ -164,9 +163,9 @@ class VAE(_GaussianVAE):
         super().__post_init__()
         sigma = self.sigma
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0 or not math.isfinite(sigma):
-            raise ValueError(f"sigma: the decoder's standard deviation must be a finite number > 0, got {self.sigma!r}")
+            raise OptionError(f"the decoder's standard deviation must be a finite number > 0, got {self.sigma!r}", key="sigma")
 
-    def loss(self, batch: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:
+    def loss(self, batch: Tensor, clock: Clock | int, model: ModelLike) -> dict[str, Tensor]:
         t = self.terms(batch, model)
         s2 = float(self.sigma) ** 2
         data_dim = batch[0].numel()
@@ -197,10 +196,10 @@ class BetaVAE(_GaussianVAE):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        lo = self._schedules["beta"].bounds()[0]
+        lo = self.schedules["beta"].bounds()[0]
         if lo < 0:
-            raise ValueError(f"beta: the KL weight must be >= 0, got a minimum of {lo}")
+            raise OptionError(f"the KL weight must be >= 0, got a minimum of {lo}", key="beta")
 
-    def loss(self, batch: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:
+    def loss(self, batch: Tensor, clock: Clock | int, model: ModelLike) -> dict[str, Tensor]:
         t = self.terms(batch, model)
-        return {"loss": 0.5 * t["sampled_reconstruction"] + self.weight("beta", step) * t["kl"], **t}
+        return {"loss": 0.5 * t["sampled_reconstruction"] + self.weight("beta", clock) * t["kl"], **t}
