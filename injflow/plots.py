@@ -392,11 +392,13 @@ def draw_run_pictures(flow: Any, data: Any, run: Any, *, seed: int | None = None
             flow.train(was)
         pairs = torch.stack([x, rec], 1).reshape(-1, *shape)
         image_shape = data.image_shape
+        value_range = getattr(flow, "value_range", (0.0, 1.0))  # images in the user's units (data.value_range)
         written.append(plot_image_grid(pairs, run.plots / "reconstructions.png", image_shape=image_shape,
-                                       title="test data | reconstruction (pairs)"))
+                                       title="test data | reconstruction (pairs)", data_range=value_range))
         labels = None if not flow.conditional else torch.arange(64) % flow.num_classes
         for name in ["prior", *flow.samplers.keys()]:
             s = flow.sample(64, sampler=name, seed=seed, c=labels).cpu()
             title = f"samples: {name}" + (" (classes 0, 1, 2, ... in reading order)" if labels is not None else "")
-            written.append(plot_image_grid(s, run.plots / f"samples_{name}.png", image_shape=image_shape, title=title))
+            written.append(plot_image_grid(s, run.plots / f"samples_{name}.png", image_shape=image_shape, title=title,
+                                           data_range=value_range))
     return written

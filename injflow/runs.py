@@ -73,7 +73,8 @@ def sample_run(
     suffix = "" if label is None else f"_class{label}"
     out = Path(out) if out else folder.samples / f"{sampler}_T{temperature:g}{suffix}.pt"
     title = f"{n} samples: {sampler}, T={temperature:g}" + ("" if label is None else f", class {label}")
-    drawing = dict(data_kind=flow.data_kind or "tabular", title=title, image_shape=flow.image_shape)
+    drawing = dict(data_kind=flow.data_kind or "tabular", title=title, image_shape=flow.image_shape,
+                   data_range=flow.value_range)
     write_samples(x, out, columns=getattr(flow, "columns", None), **drawing)
     picture = out if out.suffix.lower() == ".png" else plot_samples(x, out.with_suffix(".png"), **drawing)
     print(f"[injflow] {n} samples ({sampler}, T={temperature:g}{'' if label is None else f', class {label}'}) -> {out}"
@@ -96,7 +97,7 @@ def method_terms(config: Config, flow: InjectiveFlow, x: torch.Tensor, c: torch.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             for i in range(0, x.shape[0], batch_size):
-                batch = x[i: i + batch_size].to(device)
+                batch = flow.to_model_units(x[i: i + batch_size].to(device))  # the method sees what it trained on
                 labels = None if c is None or not flow.conditional else c[i: i + batch_size].to(device)
                 with torch.enable_grad():  # the estimators differentiate through the nets
                     terms = method.loss(batch, clock, flow.given(labels))
@@ -162,15 +163,20 @@ def evaluate_run(
         seed = config.train.seed if seed is None else seed
         eval_options = EvalOptions(seed=seed, cache=ReferenceStatsCache(fid_cache) if fid_cache else None, **options)
         log = print if verbose else None
-        evaluation = evaluate_flow(flow, x, kind=data.kind, out_dir=folder.eval, split=split, dataset=config.data.name,
-                                   c=c if flow.conditional else None, options=eval_options, log=log)
+        # Tables are scored in the user's units (the scaler inverted); images in the model's [0, 1] range, which FID
+        # and the pictures assume (data.value_range maps the user's range onto it).
+        in_model_units = flow.scaled and data.kind == "image"
+        scored, scored_x = (flow.in_model_units(), flow.to_model_units(x)) if in_model_units else (flow, x)
+        evaluation = evaluate_flow(scored, scored_x, kind=data.kind, out_dir=folder.eval, split=split,
+                                   dataset=config.data.name, c=c if flow.conditional else None, options=eval_options,
+                                   log=log)
         status = folder.status()
         step = status.get("step")
         source = folder.checkpoint(checkpoint) if checkpoint is not None else folder.last_checkpoint
         if (checkpoint is not None or step is None) and source.is_file():
             step = load_torch(source, what="checkpoint").get("global_step", 0)
         step = int(step or 0)
-        metrics: dict[str, Any] = {"run": str(folder.path), **evaluation.metrics}
+        metrics: dict[str, Any] = {"run": str(folder.path), **evaluation.metrics, "units": _units(flow, in_model_units)}
         if checkpoint is not None:
             metrics["checkpoint"] = {"which": checkpoint, "step": step, "state": status["state"]}
         metrics["method_terms"] = method_terms(config, flow, x, c, step=step, seed=seed, batch_size=eval_options.batch_size)
@@ -181,6 +187,17 @@ def evaluate_run(
         print(f"[injflow] metrics -> {folder.metrics_json}")
         print(f"[injflow] figures -> {folder.eval}  (report: injflow report {folder.path})")
     return metrics
+
+
+def _units(flow: InjectiveFlow, in_model_units: bool) -> str:
+    """What the metrics' numbers are measured in (reconstruction errors, W2, the NLL's density)."""
+    if not flow.scaled:
+        return "the data's own units (no scaling)"
+    if in_model_units:
+        low, high = flow.value_range
+        return f"the model's image range [0, 1] (the data's [{low:g}, {high:g}] mapped onto it by data.standardize=range)"
+    return (f"the data's own units (data.standardize={flow.scaler.method} is inverted; the NLL is the density in these "
+            f"units, with the change of variables of the scaling)")
 
 
 def report_runs(runs: list[str | Path], *, out: str | Path | None = None, title: str | None = None) -> tuple[Path, Path]:

@@ -55,6 +55,9 @@ class InjectiveFlowEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         max_epochs: Training epochs.
         batch_size: Batch size.
         lr: Adam's learning rate.
+        standardize: Scaling kept in the model (:mod:`injflow.scaling`): ``none`` (default, as scikit-learn's own
+            estimators: put a ``StandardScaler`` in front), ``features`` or ``global``; the maps and scores stay in
+            the input's units either way.
         sampler: What :meth:`sample` draws from: ``prior``, ``gaussian`` or ``gmm`` (post-fit, fitted in ``fit``).
         seed: Seed of initialisation, batches and noise.
         run_dir: Keep the run folder here (default: none is kept: training runs in a temporary folder, removed when
@@ -80,6 +83,7 @@ class InjectiveFlowEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         max_epochs: int = 50,
         batch_size: int = 256,
         lr: float = 1e-3,
+        standardize: str = "none",
         sampler: str = "prior",
         seed: int = 0,
         run_dir: str | None = None,
@@ -94,6 +98,7 @@ class InjectiveFlowEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.lr = lr
+        self.standardize = standardize
         self.sampler = sampler
         self.seed = seed
         self.run_dir = run_dir
@@ -129,7 +134,7 @@ class InjectiveFlowEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             "model": {"architecture": self.architecture, "latent_dim": int(self.latent_dim), "options": options},
             "method": method,
             "optim": {"lr": float(self.lr)},
-            "data": {"batch_size": int(self.batch_size)},
+            "data": {"batch_size": int(self.batch_size), "standardize": self.standardize},
             "train": {"max_epochs": int(self.max_epochs), "seed": int(self.seed), "progress_bar": bool(self.verbose),
                       "pictures": False, "samplers": [] if self.sampler == "prior" else [self.sampler],
                       "gmm_components": 10},

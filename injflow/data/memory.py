@@ -2,8 +2,9 @@ r"""Tensors handed to :func:`injflow.api.train`: ``data.name=tensors`` in the ru
 
 A run trained on tensors in memory has no file to reload them from. Its ``config.yaml`` records what they were
 (:func:`describe_tensors`: kind, sample shape, split sizes, labels) instead of the default config's data set, and
-loading it again (``injflow evaluate`` / ``sample`` of such a run, which need the data) is refused in one line that
-says how to pass them: ``injflow.api.evaluate(run, flow=..., data=...)``.
+loading it again (``injflow evaluate`` of such a run, which needs the data) is refused in one line that says how to
+evaluate the model in Python instead (:func:`injflow.metrics.evaluate_flow`); a model of your own modules cannot be
+rebuilt from a file either (``model.pt`` holds weights, never code), so ``injflow sample`` refuses it in one line.
 """
 
 from __future__ import annotations
@@ -54,6 +55,6 @@ def load_tensors(
 ) -> DataSplits:
     """Refuses: the tensors were given in memory and are not stored with the run (the options only describe them)."""
     shape = "x".join(str(s) for s in data_shape or [])
-    raise DataError(f"this run was trained on tensors given to injflow.api.train ({n_train} rows of "
-                     f"{shape or '?'} {kind or ''} values); they are not stored with it: pass them again, e.g. "
-                     f"injflow.api.evaluate(run, flow=model, data=(train, val, test))")
+    raise DataError(f"this run was trained on tensors given to injflow.api.train ({n_train} rows of {shape or '?'} "
+                    f"{kind or ''} values), which are not stored with it: evaluate and sample its model in Python, "
+                    f"e.g. injflow.metrics.evaluate_flow(model, x_test, kind={kind or 'tabular'!r}) and model.sample(n)")
