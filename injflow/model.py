@@ -281,6 +281,11 @@ class InjectiveFlow(nn.Module):
         """The projection onto the learned manifold, :math:`g(f(x))`."""
         return self.decode(self.encode(x, c), c)
 
+    def reconstruct(self, x: Tensor, c: Tensor | int | None = None) -> Tensor:
+        """The projection :math:`s^{-1}(g(f(s(x))))` of ``x`` onto the learned manifold, in the user's units (the
+        same as calling the model)."""
+        return self(x, c)
+
     def with_label(self, k: int) -> Any:
         """A view with ``encode(x)``, ``decode(z)`` for one class ``k``, whatever the batch size (exact Jacobians)."""
         return _Label(self, int(k))

@@ -187,7 +187,7 @@ def test_image_folder_with_class_folders_and_a_declared_size(tmp_path):
 
 
 @pytest.mark.parametrize("case, message", [
-    ("sizes", r"option size: the images differ in size \(.*4x4.*6x5\): declare the size"),
+    ("sizes", r"size: the images differ in size \(.*4x4.*6x5\): declare the size"),
     ("mixed", "has images both directly inside .*and in sub-folders"),
     ("empty", "holds no images"),
     ("broken", "is not a readable image"),

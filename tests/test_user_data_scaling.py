@@ -140,6 +140,7 @@ def test_the_model_answers_in_user_units_and_trains_in_model_units():
     z = flow.encode(x)
     torch.testing.assert_close(z, flow.encoder(s(x)))
     torch.testing.assert_close(flow.decode(z), s.inverse(flow.decoder(z)))
+    torch.testing.assert_close(flow.reconstruct(x), s.inverse(flow.decoder(flow.encoder(s(x)))))
     view = flow.given(None)  # what methods and estimators see: the nets on scaled data
     torch.testing.assert_close(view.encode(s(x)), z)
     torch.testing.assert_close(view.decode(z), flow.decoder(z))
