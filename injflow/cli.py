@@ -167,13 +167,40 @@ def _run(args: argparse.Namespace) -> None:
         report_runs(args.runs, out=args.out, title=args.title)
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:
+    return f"injflow: warning: {message}\n"
+
+
+class _formatted_warnings:
+    """Sets ``warnings.formatwarning`` for the duration of one command."""
+
+    def __init__(self, format_warning: object) -> None:
+        self.format_warning = format_warning
+
+    def __enter__(self) -> None:
+        import warnings
+
+        self.saved, warnings.formatwarning = warnings.formatwarning, self.format_warning
+
+    def __exit__(self, *exc: object) -> None:
+        import warnings
+
+        warnings.formatwarning = self.saved
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``injflow`` console script; returns the exit status."""
+    import warnings
+
     args = _parser().parse_args(argv)
     from .errors import InjflowError
 
+    # Warnings meant for the user (unscaled data, a detected index column...) read as one line each, not as a source
+    # line of the library; --debug keeps Python's format.
+    show = warnings.formatwarning if args.debug else _one_line_warning
     try:
-        _run(args)
+        with _formatted_warnings(show):
+            _run(args)
     except InjflowError as e:
         if args.debug:
             raise
