@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from injflow.estimators import decoder_log_volume
-from injflow.scaling import AffineScaler, fit_scaler, resolve_standardize, scale_warning, scaled_maps
+from injflow.scaling import (
+    AffineScaler,
+    fit_data_scaler,
+    fit_scaler,
+    resolve_standardize,
+    scale_splits,
+    scale_warning,
+    scaled_maps,
+)
 
 
 def _table(n: int = 200, seed: int = 0) -> torch.Tensor:
@@ -172,3 +180,25 @@ def test_the_scaler_and_columns_are_saved_with_the_model(tmp_path):
     torch.testing.assert_close(loaded.encode(x.float()), flow.encode(x.float()))
     unscaled = InjectiveFlow(torch.nn.Linear(4, 2), torch.nn.Linear(2, 4), latent_dim=2, data_shape=(4,))
     assert not unscaled.scaled and unscaled.given(None) is unscaled and unscaled.in_model_units() is unscaled
+
+
+def test_fit_data_scaler_decides_per_data_set_and_says_why():
+    from injflow.data import DataSplits
+
+    images = torch.rand(20, 1, 2, 2) * 16
+    scaler, note = fit_data_scaler(DataSplits("image_folder", "image", images, images[:2], images[:2]))
+    assert scaler.method == "range" and "declare data.value_range" in note
+    assert torch.allclose(scaler(images).amin(), torch.tensor(0.0)) and torch.allclose(scaler(images).amax(), torch.tensor(1.0))
+    table = _table().float()
+    library = DataSplits("breast_cancer", "tabular", table, table[:2], table[:2])  # not own data: left as the papers have it
+    scaler, note = fit_data_scaler(library)
+    assert scaler.is_identity and note is None
+    scaler, note = fit_data_scaler(library, "none")  # chosen explicitly: then the warning names the columns
+    assert scaler.is_identity and "far from standardised" in note
+    own = DataSplits("array", "tabular", table, table[:2] * 0, table[:2] * 0)
+    scaler, note = fit_data_scaler(own)
+    torch.testing.assert_close(scaler.shift, table.double().mean(0).float())  # the training split only
+    scaled = scale_splits(own, scaler)
+    torch.testing.assert_close(scaled.val, scaler(own.val))
+    torch.testing.assert_close(scaled.train, scaler(table))
+    assert scale_splits(library, AffineScaler.identity((4,))) is library
