@@ -24,6 +24,7 @@ from .data import DataSplits, load_data_section
 from .errors import CheckpointError
 from .model import InjectiveFlow
 from .rundir import RunDir
+from .threads import limit_threads
 
 __all__ = ["load_run_data", "load_run_model", "load_run", "ensure_samplers"]
 
@@ -42,8 +43,9 @@ def ensure_samplers(flow: InjectiveFlow, data: DataSplits, config: Config, names
     wanted = list(names) if names is not None else list(config.train.samplers)
     missing = [n for n in wanted if n not in flow.samplers]
     if missing:
-        flow.fit_samplers(data.train, names=missing, n_components=config.train.gmm_components, seed=config.train.seed,
-                          c=data.train_labels if flow.conditional else None)
+        with limit_threads(config.train.num_threads):  # scikit-learn's GMM would start one BLAS thread per core
+            flow.fit_samplers(data.train, names=missing, n_components=config.train.gmm_components,
+                              seed=config.train.seed, c=data.train_labels if flow.conditional else None)
     return missing
 
 

@@ -21,7 +21,7 @@ from .io import writable_folder
 from .loading import ensure_samplers, load_run, load_run_data
 from .model import InjectiveFlow
 from .rundir import RunDir
-from .threads import thread_limits
+from .threads import limit_threads
 
 __all__ = ["load_run", "sample_run", "evaluate_run", "method_terms", "report_runs"]
 
@@ -109,6 +109,22 @@ def method_terms(config: Config, flow: InjectiveFlow, x: torch.Tensor, c: torch.
     return {k: v / x.shape[0] for k, v in sums.items()}
 
 
+def _finalized_away(config: Config, flow: InjectiveFlow) -> str | None:
+    """Why the method's own terms cannot be computed on ``flow`` (``None`` when they can).
+
+    A finished run's ``model.pt`` holds the nets its method's ``finalize`` exported (e.g. a VAE's mean encoder,
+    without the posterior variance its KL needs; AE+SN's weights with the spectral norm baked in); the training nets
+    are in the run's checkpoints.
+    """
+    from .methods import Method
+
+    method = config.method
+    if flow.finalized and type(method).finalize is not Method.finalize:
+        return (f"{method.name}: model.pt holds the exported plain nets, not the ones its loss terms need; "
+                f"`injflow evaluate RUN --checkpoint last` computes them on the training nets")
+    return None
+
+
 def evaluate_run(
     run: str | Path,
     *,
@@ -153,7 +169,7 @@ def evaluate_run(
         raise CheckpointError(f"the model of {folder.path} was made for samples of shape {tuple(flow.data_shape)}, but "
                               f"the run's data set {config.data.name!r} has samples of shape {tuple(data.data_shape)}: "
                               f"put the run's own model.pt back or retrain")
-    with thread_limits(config.train.num_threads):  # the GMM fit and the metrics stay within the run's threads
+    with limit_threads(config.train.num_threads):  # the GMM fit and the metrics stay within the run's threads
         ensure_samplers(flow, data, config)
         x, c = data.split(split)
         if x is None:
@@ -179,7 +195,12 @@ def evaluate_run(
         metrics: dict[str, Any] = {"run": str(folder.path), **evaluation.metrics, "units": _units(flow, in_model_units)}
         if checkpoint is not None:
             metrics["checkpoint"] = {"which": checkpoint, "step": step, "state": status["state"]}
-        metrics["method_terms"] = method_terms(config, flow, x, c, step=step, seed=seed, batch_size=eval_options.batch_size)
+        unavailable = _finalized_away(config, flow)
+        if unavailable:
+            metrics["method_terms"], metrics["method_terms_unavailable"] = {}, unavailable
+        else:
+            metrics["method_terms"] = method_terms(config, flow, x, c, step=step, seed=seed,
+                                                   batch_size=eval_options.batch_size)
     folder.write_json(folder.metrics_json, metrics)
     if verbose:
         print(json.dumps({k: v for k, v in metrics.items() if k not in ("latent", "spectrum", "figures")}, indent=2))

@@ -34,7 +34,7 @@ from ..methods import Clock
 from ..model import MAX_SAMPLER_POINTS, InjectiveFlow
 from ..rundir import RunDir
 from ..scaling import fit_data_scaler, scale_splits
-from ..threads import thread_limits
+from ..threads import limit_threads
 from .resume import check_resume, extends_run
 
 __all__ = [
@@ -371,7 +371,7 @@ def fit_config(
         NonFiniteLossError: the loss or the weights became NaN/inf; the last checkpoint is intact.
         ConfigError, DataError, CheckpointError, RunFolderError, RunLockedError: found before anything was written.
     """
-    with thread_limits(config.train.num_threads):
+    with limit_threads(config.train.num_threads):  # torch and the BLAS/OpenMP pools of everything the run does
         return _fit(config, run_dir=run_dir, resume=resume, overwrite=overwrite, flow=flow, data=data, verbose=verbose)
 
 
