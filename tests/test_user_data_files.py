@@ -149,7 +149,7 @@ def test_val_and_test_files_share_the_training_classes_and_columns(tmp_path):
 def test_missing_cells_and_ragged_rows_are_named(tmp_path):
     path = tmp_path / "gaps.csv"
     path.write_text("a,b\n1,2\n3,\n5,6\n7,8\n9,10\n11,12\n13,14\n15,16\n17,18\n19,20\n")
-    with pytest.raises(ValueError, match=r"NaN or inf \(or missing values\) in 1 of 10 rows \(file rows, from 0: \[1\]\)"):
+    with pytest.raises(ValueError, match=r"NaN or inf \(or missing values\) in 1 of 10 rows; first offending rows: \[1\] \(file rows, from 0\)"):
         load_dataset("array", path=str(path))
     path.write_text("a,b\n1,2\n3,4,5\n")
     with pytest.raises(ValueError, match="path: .*line 3 has 3 fields, expected 2"):

@@ -282,8 +282,8 @@ def _finite_tensor(x: np.ndarray, path: str | Path) -> torch.Tensor:
     finite = torch.isfinite(data.reshape(data.shape[0], -1)).all(1)
     if not bool(finite.all()):
         rows = torch.nonzero(~finite).flatten()
-        raise DataError(f"{path} has NaN or inf (or missing values) in {rows.numel()} of {data.shape[0]} rows (file rows, "
-                         f"from 0: {rows[:5].tolist()}); drop or impute them first")
+        raise DataError(f"{path} has NaN or inf (or missing values) in {rows.numel()} of {data.shape[0]} rows; first "
+                        f"offending rows: {rows[:5].tolist()} (file rows, from 0); drop or impute them first")
     return data
 
 
