@@ -116,7 +116,10 @@ def train(
             ``"image"`` for ``(N, C, H, W)`` tensors and ``"tabular"`` otherwise). It decides pictures and metrics.
         labels: ``(train, val, test)`` class labels for a conditional flow.
         image_shape: ``(C, H, W)`` of flat image data.
-        overrides: Dotted overrides of the default config's ``optim``, ``train``, ``data.batch_size``, ``run`` keys.
+        overrides: Dotted overrides of the default config's ``optim``, ``train``, ``data.batch_size``, ``run`` keys;
+            ``data.standardize=features`` (or ``global``, ``range`` with ``data.value_range``) scales the data for the
+            nets and keeps the scaling in the model (default ``none``: your tensors as they are, with a warning naming
+            the columns when they are far from standardised).
         run_dir: The run folder.
         verbose: Print where artefacts went.
 
@@ -124,10 +127,9 @@ def train(
         A :class:`FitResult`; ``result.flow is flow``.
     """
     from .config import apply_overrides
+    from .data.memory import describe_tensors
 
     method_obj = build_method(method) if isinstance(method, str) else method
-    base = {"model": {"latent_dim": flow.latent_dim}, "run": {"name": "custom"}}
-    config = config_from_dict({**apply_overrides(base, overrides), "method": method_obj})
     shape = tuple(train_data.shape[1:])
     if kind is None:
         kind = flow.data_kind or ("image" if len(shape) == 3 else "tabular")
@@ -138,6 +140,10 @@ def train(
     info = {} if num_classes is None else {"num_classes": num_classes}
     data = DataSplits("tensors", kind, train_data, val, test, None, train_labels, val_labels, test_labels, info,
                       image_shape or flow.image_shape)
+    # The saved config tells what the data were (tensors in memory: kind, shapes, sizes), not the default data set.
+    base = {"model": {"latent_dim": flow.latent_dim, "conditional": flow.conditional},
+            "data": {**describe_tensors(data), "standardize": "none"}, "run": {"name": "custom"}}
+    config = config_from_dict({**apply_overrides(base, overrides), "method": method_obj})
     return fit_config(config, run_dir=run_dir, flow=flow, data=data, verbose=verbose)
 
 

@@ -87,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="prior = training latent; gaussian/gmm = post-fit on encoded training data")
     s.add_argument("--temperature", type=float, default=1.0, help="scales the latent spread (default 1)")
     s.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    s.add_argument("--out", help="output .pt file (default <RUN>/samples/...)")
+    s.add_argument("--out", help="output file, written as its suffix says: .npy, .csv (with the training columns' header), .pt "
+                   "or .png (a picture) (default <RUN>/samples/<sampler>_T<T>.pt)")
     s.add_argument("--class", dest="label", type=int, default=None, metavar="C",
                    help="class label of a conditional model (default: every class in turn)")
     s.add_argument("--checkpoint", choices=["last", "best"], default=None,
@@ -242,13 +243,40 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:
+    return f"injflow: warning: {message}\n"
+
+
+class _formatted_warnings:
+    """Sets ``warnings.formatwarning`` for the duration of one command."""
+
+    def __init__(self, format_warning: object) -> None:
+        self.format_warning = format_warning
+
+    def __enter__(self) -> None:
+        import warnings
+
+        self.saved, warnings.formatwarning = warnings.formatwarning, self.format_warning
+
+    def __exit__(self, *exc: object) -> None:
+        import warnings
+
+        warnings.formatwarning = self.saved
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``injflow`` console script; returns the exit status."""
+    import warnings
+
     args = _parser().parse_args(argv)
     from .errors import InjflowError
 
+    # Warnings meant for the user (unscaled data, a detected index column...) read as one line each, not as a source
+    # line of the library; --debug keeps Python's format.
+    show = warnings.formatwarning if args.debug else _one_line_warning
     try:
-        status = _run(args)
+        with _formatted_warnings(show):
+            status = _run(args)
     except InjflowError as e:
         if args.debug:
             raise
