@@ -1,5 +1,5 @@
-"""The ``injflow`` command line: ``fit``, ``sample``, ``evaluate``, ``dimension``, ``report`` and ``export`` over YAML
-configs and run folders.
+"""The ``injflow`` command line: ``fit``, ``sample``, ``evaluate``, ``dimension``, ``report``, ``export`` and ``sweep``
+over YAML configs and run folders.
 
 Examples::
 
@@ -12,12 +12,14 @@ Examples::
     injflow evaluate runs/fashion --ood mnist              # + OOD scores and AUROCs against MNIST
     injflow dimension runs/fif-sinusoid-20240101-120000    # intrinsic dimension of the learned manifold
     injflow export runs/fif-sinusoid-20240101-120000 --format onnx   # or pretrained, torch-export
+    injflow sweep configs/sweeps/kumar_table1-mnist-cpu.yaml --max-concurrent 2
 
 This module only parses arguments: the work is done by :mod:`injflow.train.runner` (fit), :mod:`injflow.runs`
 (sample, evaluate, report), :mod:`injflow.dimension` (dimension), :mod:`injflow.hub` and :mod:`injflow.export`
-(export). An error injflow can explain (:class:`~injflow.errors.InjflowError`: a bad config key, bad data, a corrupt
-checkpoint, an unfinished run, a locked folder...) is printed as one line with exit status 2 (3 when training stopped
-on a non-finite loss, 128+N after signal N); ``--debug`` adds the traceback.
+(export) and :mod:`injflow.sweep` (sweep). An error injflow can explain (:class:`~injflow.errors.InjflowError`: a bad
+config key, bad data, a corrupt checkpoint, an unfinished run, a locked folder...) is printed as one line with exit
+status 2 (3 when training stopped on a non-finite loss, 128+N after signal N); ``--debug`` adds the traceback. ``sweep``
+exits with 3 when trials are left to run (``--resume``).
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="prior = training latent; gaussian/gmm = post-fit on encoded training data")
     s.add_argument("--temperature", type=float, default=1.0, help="scales the latent spread (default 1)")
     s.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    s.add_argument("--out", help="output .pt file (default <RUN>/samples/...)")
+    s.add_argument("--out", help="output file, written as its suffix says: .npy, .csv (with the training columns' header), .pt "
+                   "or .png (a picture) (default <RUN>/samples/<sampler>_T<T>.pt)")
     s.add_argument("--class", dest="label", type=int, default=None, metavar="C",
                    help="class label of a conditional model (default: every class in turn)")
     s.add_argument("--checkpoint", choices=["last", "best"], default=None,
@@ -191,10 +194,39 @@ def _parser() -> argparse.ArgumentParser:
                    help="output folder (default: the run folder for one run, <parent>/compare-<names> for several)")
     r.add_argument("--title", default=None, help="page title")
     r.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+
+    w = sub.add_parser(
+        "sweep",
+        formatter_class=_fmt,
+        help="train a grid of configs on Ray Tune and select the best per group",
+        description="Train every grid point of a sweep spec as a run folder DIR/trials/<name>/ on Ray Tune (this machine's\n"
+        "cores, or a cluster with --address), select per group on a validation metric, evaluate the selected trials\n"
+        "on the test split, and write DIR/trials.csv and DIR/selection.json. A killed sweep continues with --resume.\n"
+        "Needs Ray: pip install 'injflow[sweep]'. See docs/sweeps.md.",
+        epilog="examples:\n  injflow sweep configs/sweeps/kumar_table1-mnist-cpu.yaml --dry-run\n"
+        "  injflow sweep my-sweep.yaml --dir runs/sweeps/mine --max-concurrent 2\n"
+        "  injflow sweep --resume runs/sweeps/mine\n"
+        "  injflow sweep my-sweep.yaml --address ray://head:10001 --gpus-per-trial 0.25",
+    )
+    w.add_argument("spec", nargs="?", metavar="SPEC", help="sweep spec (YAML); with --resume, may be the sweep folder")
+    w.add_argument("--dir", dest="folder", metavar="DIR", default=None,
+                   help="sweep folder (default runs/sweeps/<spec name>)")
+    w.add_argument("--resume", action="store_true",
+                   help="continue the sweep in DIR: finished trials are kept, interrupted ones resume from checkpoints")
+    w.add_argument("--address", default=None, help="Ray cluster address (default $RAY_ADDRESS, else Ray starts here)")
+    w.add_argument("--cpus-per-trial", type=float, default=1, metavar="N", help="CPUs (and torch threads) per trial (default 1)")
+    w.add_argument("--gpus-per-trial", type=float, default=0, metavar="F",
+                   help="GPUs per trial; a fraction shares a GPU between trials (default 0)")
+    w.add_argument("--max-concurrent", type=int, default=None, metavar="N", help="at most N trials at once")
+    w.add_argument("--max-failures", type=int, default=2, metavar="N",
+                   help="restarts of a trial whose process dies (default 2); each resumes from its last checkpoint")
+    w.add_argument("--retry-failed", action="store_true", help="run again the trials that failed before")
+    w.add_argument("--dry-run", action="store_true", help="list the trials, their states and estimated times; run nothing")
+    w.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return p
 
 
-def _run(args: argparse.Namespace) -> None:
+def _run(args: argparse.Namespace) -> int:
     if args.command == "fit":
         from .config import ConfigError, load_config
         from .train.runner import fit_config, resume_run
@@ -235,15 +267,52 @@ def _run(args: argparse.Namespace) -> None:
             from .export import export_run
 
             export_run(args.run, format=args.format, out=args.out, checkpoint=args.checkpoint, max_rows=args.max_rows)
+    elif args.command == "sweep":
+        from .sweep import run_sweep
+
+        result = run_sweep(args.spec, folder=args.folder, resume=args.resume, address=args.address,
+                           cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                           max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+                           retry_failed=args.retry_failed, dry_run=args.dry_run)
+        if not args.dry_run and not result.complete:
+            return 3  # trials are left (e.g. stopped by a signal): rerun with --resume
+    return 0
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:
+    return f"injflow: warning: {message}\n"
+
+
+class _formatted_warnings:
+    """Sets ``warnings.formatwarning`` for the duration of one command."""
+
+    def __init__(self, format_warning: object) -> None:
+        self.format_warning = format_warning
+
+    def __enter__(self) -> None:
+        import warnings
+
+        self.saved, warnings.formatwarning = warnings.formatwarning, self.format_warning
+
+    def __exit__(self, *exc: object) -> None:
+        import warnings
+
+        warnings.formatwarning = self.saved
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``injflow`` console script; returns the exit status."""
+    import warnings
+
     args = _parser().parse_args(argv)
     from .errors import InjflowError
 
+    # Warnings meant for the user (unscaled data, a detected index column...) read as one line each, not as a source
+    # line of the library; --debug keeps Python's format.
+    show = warnings.formatwarning if args.debug else _one_line_warning
     try:
-        _run(args)
+        with _formatted_warnings(show):
+            status = _run(args)
     except InjflowError as e:
         if args.debug:
             raise
@@ -258,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("injflow: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status
 
 
 if __name__ == "__main__":

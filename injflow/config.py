@@ -53,6 +53,7 @@ __all__ = [
     "apply_overrides",
     "default_config_path",
     "check_dimensions",
+    "run_name",
     "changed_keys",
     "lookup_key",
     "RESUMABLE_KEYS",
@@ -118,9 +119,14 @@ class DataConfig:
     batch_size: int = 256
     val_batch_size: int | None = None
     drop_last: bool = False
+    #: Scaling fitted on the training split and kept in the model (injflow.scaling): auto, features, global, range, none.
+    standardize: str = "auto"
+    #: ``[low, high]`` of ``range`` scaling (images), mapped to [0, 1].
+    value_range: list[float] | None = None
 
     def __post_init__(self) -> None:
         from .data import DATASETS
+        from .scaling import STANDARDIZE_METHODS
 
         if self.name not in DATASETS:
             raise ConfigError(f"unknown data set {self.name!r}; choose from: {', '.join(DATASETS.names())}", key="name")
@@ -130,6 +136,15 @@ class DataConfig:
             raise ConfigError(f"must be >= 1, got {self.batch_size}", key="batch_size")
         if self.val_batch_size is not None and self.val_batch_size < 1:
             raise ConfigError(f"must be >= 1, got {self.val_batch_size}", key="val_batch_size")
+        if self.standardize not in STANDARDIZE_METHODS:
+            raise ConfigError(f"expected one of {', '.join(STANDARDIZE_METHODS)}, got {self.standardize!r}", key="standardize")
+        if self.value_range is not None:
+            vr = self.value_range
+            if (not isinstance(vr, (list, tuple)) or len(vr) != 2 or not all(isinstance(v, (int, float)) for v in vr)
+                    or not vr[0] < vr[1]):
+                raise ConfigError(f"expected [low, high] with low < high, got {vr!r}", key="value_range")
+            if self.standardize not in ("auto", "range"):
+                raise ConfigError(f"is for range scaling, but data.standardize is {self.standardize!r}", key="value_range")
 
 
 @dataclass
@@ -444,11 +459,12 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
-    """Where artefacts go: ``dir`` if given, else ``<root>/<name>-<timestamp>``."""
+    """Where artefacts go: ``dir`` if given, else ``<root>/<name>-<timestamp>``; ``name`` defaults to
+    ``<method>-<data>``, the data being an own file's name without suffix (``fif-cancer``) or the data set's name."""
 
     dir: str | None = None
     root: str = "runs"
-    name: str = "run"
+    name: str | None = None
 
 
 def _default_method() -> Method:
@@ -795,3 +811,17 @@ def lookup_key(d: dict[str, Any], key: str) -> Any:
     for part in key.split("."):
         d = d.get(part) if isinstance(d, dict) else None
     return d
+
+
+def run_name(config: Config) -> str:
+    """``run.name``, or ``<method>-<data>`` when it is not set: ``fif-sinusoid``, or ``fif-cancer`` for your own
+    ``data.options.path=cancer.csv`` (the run folder's stem and the tracked experiment's default name).
+
+    Example:
+        >>> run_name(load_config(None))
+        'fif-sinusoid'
+    """
+    if config.run.name:
+        return config.run.name
+    source = config.data.options.get("path") if config.data.name in ("array", "image_folder") else None
+    return f"{config.method.name}-{Path(str(source)).stem if source else config.data.name}"

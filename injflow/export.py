@@ -67,26 +67,37 @@ class ExportError(InjflowError, RuntimeError):
     """An export cannot be written (a package is missing) or its graphs do not compute what the model computes."""
 
 
+def _scaler(flow: InjectiveFlow) -> nn.Module | None:
+    """The model's scaler (``data.standardize``) when it changes the units, so the graphs work in the user's units."""
+    return flow.scaler if flow.scaled else None
+
+
 class Encoder(nn.Module):
-    """:math:`z = f(x)` (or :math:`f(x, c)`) of a model, as a plain module (no label checks: graphs cannot raise)."""
+    """:math:`z = f(s(x))` (or :math:`f(s(x), c)`) of a model, as a plain module (no label checks: graphs cannot raise);
+    :math:`s` is the model's scaler (user units → model units) when it has one."""
 
     def __init__(self, flow: InjectiveFlow) -> None:
         super().__init__()
         self.net = flow.encoder
+        self.scaler = _scaler(flow)
 
     def forward(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        if self.scaler is not None:
+            x = self.scaler(x)
         return self.net(x) if c is None else self.net(x, c)
 
 
 class Decoder(nn.Module):
-    r""":math:`\hat x = g(z)` (or :math:`g(z, c)`) of a model, as a plain module."""
+    r""":math:`\hat x = s^{-1}(g(z))` (or with :math:`g(z, c)`) of a model, as a plain module, in the user's units."""
 
     def __init__(self, flow: InjectiveFlow) -> None:
         super().__init__()
         self.net = flow.decoder
+        self.scaler = _scaler(flow)
 
     def forward(self, z: Tensor, c: Tensor | None = None) -> Tensor:
-        return self.net(z) if c is None else self.net(z, c)
+        x = self.net(z) if c is None else self.net(z, c)
+        return x if self.scaler is None else self.scaler.inverse(x)
 
 
 class SamplerDecoder(nn.Module):
@@ -103,7 +114,7 @@ class SamplerDecoder(nn.Module):
     def __init__(self, flow: InjectiveFlow, sampler: str = "prior") -> None:
         super().__init__()
         dist: LatentDistribution = flow.sampler(sampler)
-        self.decoder = flow.decoder
+        self.decoder = Decoder(flow)
         self.kind = _noise_kind(dist, sampler)
         # Own, contiguous copies (Cholesky factors come out column-major; the archive writers want whole tensors).
         own = lambda t: t.detach().clone(memory_format=torch.contiguous_format)
@@ -132,8 +143,7 @@ class SamplerDecoder(nn.Module):
         return self.means[k] + temperature * torch.einsum("nij,nj->ni", self.scale_tril[k], eps)
 
     def forward(self, eps: Tensor, temperature: Tensor, u: Tensor | None = None, c: Tensor | None = None) -> Tensor:
-        z = self.latent(eps, temperature, u)
-        return self.decoder(z) if c is None else self.decoder(z, c)
+        return self.decoder(self.latent(eps, temperature, u), c)
 
 
 def _noise_kind(dist: LatentDistribution, sampler: str) -> str:

@@ -100,7 +100,8 @@ def _contiguous(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
 def _folder_parts(flow: InjectiveFlow) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """``(config.json without the weights' checksum, tensors of model.safetensors)``."""
     state = flow.state_dict()
-    tensors = {k: v for k, v in state.items() if k.startswith(("encoder.", "decoder.", "latent."))}
+    # the scaler's buffers (data.standardize: user units -> model units) travel with the nets
+    tensors = {k: v for k, v in state.items() if k.startswith(("encoder.", "decoder.", "latent.", "scaler."))}
     description = flow.describe()
     config = description.get("config") or {}
     info: dict[str, Any] = {
@@ -259,8 +260,8 @@ def _read_folder(folder: Path, *, encoder: nn.Module | None = None, decoder: nn.
     samplers = {name: _distribution(spec, f"samplers.{name}.", tensors, folder)
                 for name, spec in (info.get("samplers") or {}).items()}
     flow = _rebuild(flow_class, info, folder, encoder, decoder, latent)
-    nets = {k: v for k, v in tensors.items() if k.startswith(("encoder.", "decoder.", "latent."))}
-    flow.load_nets(nets, source=folder / WEIGHTS_NAME)
+    nets = {k: v for k, v in tensors.items() if k.startswith(("encoder.", "decoder.", "latent.", "scaler."))}
+    flow.load_nets(nets, source=folder / WEIGHTS_NAME).restore_scaling(info)
     for name, sampler in samplers.items():
         flow.samplers[name] = sampler.to(flow.device)
     return flow.to(map_location) if map_location is not None else flow

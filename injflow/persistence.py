@@ -86,7 +86,8 @@ def build_flow(
 
 def save_model(flow: InjectiveFlow, path: str | Path) -> Path:
     """Writes ``model.pt``: weights, latent, post-fit samplers and the description, atomically."""
-    nets = {k: v for k, v in flow.state_dict().items() if k.startswith(("encoder.", "decoder."))}
+    # the scaler's buffers (user units -> model units, injflow.scaling) travel with the nets
+    nets = {k: v for k, v in flow.state_dict().items() if k.startswith(("encoder.", "decoder.", "scaler."))}
     blob = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -188,7 +189,7 @@ def load_model(cls: type[InjectiveFlow], path: str | Path, *, encoder: nn.Module
     info = dict(blob)
     info["custom_nets"] = not blob.get("config")
     flow = _rebuild(cls, info, path, encoder, decoder, latent)
-    load_nets(flow, blob["nets"], source=path)
+    load_nets(flow, blob["nets"], source=path).restore_scaling(blob)
     for name, sampler in samplers.items():
         flow.samplers[name] = sampler
     device = _device(map_location)
@@ -206,5 +207,6 @@ def load_checkpoint_model(cls: type[InjectiveFlow], path: str | Path, *, encoder
     if not isinstance(info, dict) or info.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an injflow training checkpoint (it does not describe its model)")
     flow = load_nets(_rebuild(cls, info, path, encoder, decoder), blob["state_dict"], source=path, prefix="flow.")
+    flow.restore_scaling(info)
     device = _device(map_location)
     return flow.to(device) if device is not None else flow

@@ -204,8 +204,12 @@ def test_wandb_offline_run_files(tmp_path, monkeypatch):
     run = tmp_path / "runs" / "b1"
     _fit_stop_resume_evaluate(run, "train.loggers=[csv,tensorboard,wandb]", "train.tags={grid: b1}")
     entry = json.loads((run / "trackers.json").read_text())["wandb"]
-    folders = sorted((run / "wandb").glob("offline-run-*"))
-    assert len(folders) == 3 and all(f.name.endswith(entry["id"]) for f in folders)  # fit, resume, evaluate: one run
+    def started(folder: Path) -> tuple:  # offline-run-<date>_<time>-<id>[-<n>]: W&B adds -1, -2 within one second
+        parts = folder.name.split("-")
+        return parts[2], int(parts[4]) if len(parts) > 4 else 0
+
+    folders = sorted((run / "wandb").glob("offline-run-*"), key=started)
+    assert len(folders) == 3 and all(f.name.split("-")[3] == entry["id"] for f in folders)  # fit, resume, evaluate: one run
     fit, resume, evaluation = (_wandb_run(f) for f in folders)
     assert fit["run"].display_name == run.name and list(fit["run"].tags) == ["grid=b1"]
     assert fit["run"].project == "fif-sinusoid" and resume["run"].run_id == fit["run"].run_id

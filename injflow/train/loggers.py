@@ -30,7 +30,7 @@ from typing import Any
 
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
-from ..config import Config
+from ..config import Config, run_name
 from ..errors import ConfigError
 from ..rundir import RunDir
 from ..tracking import (
@@ -98,7 +98,7 @@ def _mlflow_logger(config: Config, run: RunDir, known: dict[str, Any] | None) ->
     elif known:
         print(f"[injflow] train.mlflow.tracking_uri changed ({known.get('tracking_uri')} -> {uri}): tracking the resumed "
               f"fit as a new MLflow run")
-    experiment = config.train.mlflow.experiment or config.run.name
+    experiment = config.train.mlflow.experiment or run_name(config)
     if run_id is None and client.get_experiment_by_name(experiment) is None:
         # Created here so its artefacts land beside a SQLite store rather than in ./mlruns of the working directory.
         client.create_experiment(experiment, artifact_location=mlflow_artifact_location(uri))
@@ -134,7 +134,7 @@ def _wandb_logger(config: Config, run: RunDir, known: dict[str, Any] | None) -> 
     import wandb
 
     w = config.train.wandb
-    project = w.project or config.run.name
+    project = w.project or run_name(config)
     run_id = known.get("id") if known and known.get("project") == project else None
     tags = [f"{k}={v}" for k, v in config.train.tags.items()]
     logger = FinishingWandbLogger(name=run.path.name, project=project, entity=w.entity, save_dir=str(run.path),
