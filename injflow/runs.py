@@ -215,7 +215,9 @@ def evaluate_run(
         # nll_D: the likelihood that compares latent dimensions (the manifold thickened by the fitted off-manifold noise).
         from .metrics.ambient import ambient_nll_metrics, fit_flow_noise
 
-        noise = fit_flow_noise(flow, data.train, c=data.train_labels if flow.conditional else None)
+        # Fitted in the units the NLL and reconstruction error above were measured in.
+        x_train = flow.to_model_units(data.train) if in_model_units else data.train
+        noise = fit_flow_noise(scored, x_train, c=data.train_labels if flow.conditional else None)
         metrics.update(ambient_nll_metrics(evaluation.metrics, noise))
         if ood:
             from .ood import evaluate_run_ood
