@@ -51,6 +51,7 @@ from .metrics.ambient import OffManifoldNoise, fit_flow_noise
 
 __all__ = [
     "DEFAULT_FACTOR",
+    "MIN_GAIN",
     "DimensionEstimate",
     "count_above",
     "gap_dimension",
@@ -62,6 +63,8 @@ __all__ = [
 
 #: τ of the threshold :math:`\tau\hat\sigma` (see the module docstring).
 DEFAULT_FACTOR = 2.0
+#: Nats per point an extra latent dimension must gain in held-out log p_D to be chosen (:func:`select_latent_dim`).
+MIN_GAIN = 0.5
 
 
 class LatentDimensionWarning(UserWarning):
@@ -292,9 +295,17 @@ def dimension_run(
     return summary
 
 
-def select_latent_dim(cv_results: Mapping[str, Any], *, param: str = "latent_dim") -> int:
+def select_latent_dim(cv_results: Mapping[str, Any], *, param: str = "latent_dim", min_gain: float = MIN_GAIN) -> int:
     r"""A ``refit=`` rule for :class:`~sklearn.model_selection.GridSearchCV` over ``latent_dim``: the index of the
-    smallest ``latent_dim`` whose mean test score is within one standard error of the best one.
+    smallest ``latent_dim`` whose mean test score is within one standard error of the best one, or within
+    ``min_gain`` nats per point when that is larger.
+
+    Why a floor: above the data's dimension, held-out log p_D flattens — an extra latent direction then models a noise
+    direction whose Gaussian the off-manifold noise already modelled — and the seeds of a grid search can agree to a
+    few hundredths of a nat, so one standard error alone lets a 0.05-nat gain buy a dimension (measured:
+    docs/results.md, "The dimension of the learned manifold"). A real direction of spread s above noise σ gains about
+    :math:`\log(s/\sigma)` nats per point; ``min_gain = 0.5`` treats a direction less than :math:`e^{0.5} \approx
+    1.65` times the noise as noise. Differences of log-densities do not depend on the data's units.
 
     The score must be comparable across d (:meth:`injflow.sklearn.InjectiveFlowEstimator.score` is, see the module
     docstring). Warns with :class:`LatentDimensionWarning` when the largest ``latent_dim`` of the grid is chosen: the
@@ -304,7 +315,9 @@ def select_latent_dim(cv_results: Mapping[str, Any], *, param: str = "latent_dim
         >>> results = {"params": [{"latent_dim": 1}, {"latent_dim": 2}, {"latent_dim": 3}],
         ...            "mean_test_score": [-9.0, -4.0, -3.9], "std_test_score": [0.2, 0.3, 0.3],
         ...            "split0_test_score": [0, 0, 0], "split1_test_score": [0, 0, 0]}
-        >>> select_latent_dim(results)  # d = 3 is within one standard error (0.3 / √2) of d = 2
+        >>> select_latent_dim(results)  # d = 2 is within 0.5 nats (more than one standard error, 0.3 / √2) of d = 3
+        1
+        >>> select_latent_dim(results, min_gain=0.0)  # one standard error alone: still d = 2 (0.1 < 0.21)
         1
     """
     params = list(cv_results["params"])
@@ -317,7 +330,10 @@ def select_latent_dim(cv_results: Mapping[str, Any], *, param: str = "latent_dim
         raise ValueError(f"every candidate of the grid must set {param!r}")
     means = np.where(np.isfinite(means), means, -np.inf)
     best = int(np.argmax(means))
-    within = [i for i in range(len(params)) if means[i] >= means[best] - stds[best] / math.sqrt(n_splits)]
+    if not min_gain >= 0:
+        raise ValueError(f"min_gain must be >= 0 nats per point, got {min_gain}")
+    tolerance = max(stds[best] / math.sqrt(n_splits), min_gain)
+    within = [i for i in range(len(params)) if means[i] >= means[best] - tolerance]
     chosen = min(within, key=lambda i: (params[i][param], -means[i]))
     largest = max(p[param] for p in params)
     if params[chosen][param] == largest and len({p[param] for p in params}) > 1:

@@ -61,7 +61,7 @@ def test_count_and_gap():
     assert gap_dimension(torch.tensor([[1.0, 0.9, 0.01, 0.005]])) == 2 and gap_dimension(torch.ones(4, 1)) == 1
 
 
-def test_select_latent_dim_is_the_one_standard_error_rule():
+def test_select_latent_dim_is_the_one_standard_error_rule_with_a_floor():
     def results(dims, means, stds, splits=3):
         out = {"params": [{"latent_dim": d} for d in dims], "mean_test_score": means, "std_test_score": stds}
         out.update({f"split{i}_test_score": means for i in range(splits)})
@@ -75,6 +75,15 @@ def test_select_latent_dim_is_the_one_standard_error_rule():
         assert select_latent_dim(results([1, 2, 3], [-9.0, -5.0, -2.0], [0.1, 0.1, 0.1])) == 2
     with pytest.raises(ValueError, match="latent_dim"):
         select_latent_dim({"params": [{"beta": 1}], "mean_test_score": [0.0], "std_test_score": [0.0]})
+    # Above the true d the score is flat and the seeds agree closely (the measured 5-d subspace in R^20, 3 seeds:
+    # d = 5 / 6 / 8 at 15.70 / 15.62 / 15.74 ± 0.16 / 0.17 / 0.05): one standard error alone buys d = 8 for 0.05
+    # nats; the 0.5-nat floor keeps the truth, and d = 4 (17.6 nats worse) stays out.
+    measured = results([3, 4, 5, 6, 8], [-6.57, -1.82, 15.70, 15.62, 15.74], [0.50, 0.18, 0.16, 0.17, 0.05])
+    assert select_latent_dim(measured) == 2
+    with pytest.warns(LatentDimensionWarning):
+        assert select_latent_dim(measured, min_gain=0.0) == 4
+    with pytest.raises(ValueError, match="min_gain"):
+        select_latent_dim(measured, min_gain=-1.0)
 
 
 def _linear_subspace_config(tmp_path, *, latent_dim: int, epochs: int) -> dict:
