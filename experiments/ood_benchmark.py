@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from campaign import engine_state  # noqa: E402
 from common import Experiment, fit_run, save_figure, start, write_table  # noqa: E402
 
 NAME = "ood_benchmark"
@@ -73,6 +72,18 @@ def model_config(exp: Experiment, model: str, dataset: str) -> dict:
     }
 
 
+def run_state(run_dir: Path) -> str:
+    """``trained`` (a finished model), ``resumable`` (a checkpoint to go on from) or ``new``."""
+    from injflow.rundir import RunDir
+
+    if not run_dir.is_dir():
+        return "new"
+    run = RunDir(run_dir)
+    if run.model.is_file() and run.status().get("state") == "completed":
+        return "trained"
+    return "resumable" if run.last_checkpoint.is_file() else "new"
+
+
 def runs_root(exp: Experiment) -> Path:
     """``--runs``, else ``<out>/campaign`` (git ignores campaign folders next to a results folder)."""
     return exp.args.runs if exp.args.runs is not None else exp.out / "campaign"
@@ -83,7 +94,7 @@ def train(exp: Experiment, model: str, dataset: str) -> Path:
     import injflow.api as inj
 
     run_dir = runs_root(exp) / f"{model}-{dataset}"
-    state = engine_state(run_dir)
+    state = run_state(run_dir)
     if state == "trained":
         return run_dir
     t0 = time.perf_counter()
