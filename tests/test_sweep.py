@@ -80,6 +80,8 @@ def test_spec_mistakes_name_the_key():
     bare = spec_from_dict({}, name="t")  # without evaluate: one that scores nll_D only (no images, no FID)
     assert bare.evaluate.nll_D and bare.evaluate.sets() == [] and "val/nll_D" in bare.evaluate.metric_names()
     assert "scores nothing" in error_of({"evaluate": {"samplers": []}, "select": "all"})
+    named = spec_from_dict({"select": {"metric": "val/nll_D"}}, name="t")  # named rather than left out: the same
+    assert named.evaluate.nll_D and named.select[0].metric == "val/nll_D"
     assert spec.test.split == "test" and spec.test.samplers == ("prior", "gmm") and spec.test.n == 8  # inherits
 
 

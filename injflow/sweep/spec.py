@@ -21,7 +21,7 @@ Without ``select`` the winner is the trial with the lowest validation ``nll_D``:
 validation points in the data space, the learned manifold thickened by the off-manifold noise fitted on the training
 split (:mod:`injflow.metrics.ambient`). Unlike the training terms (``val/nll`` of FIF is the surrogate's value, not a
 likelihood) it compares trials of different ``latent_dim`` and β; the evaluation then scores it
-(``evaluate: {nll_D: true}``, added when missing).
+(``evaluate: {nll_D: true}``, added whenever ``select`` names ``val/nll_D``).
 
 Every mistake is a :class:`SpecError` naming the key, raised before Ray is imported.
 
@@ -210,10 +210,11 @@ def spec_from_dict(data: Any, *, name: str = "sweep", base: str | Path | None = 
     evaluate = _evaluation(data.get("evaluate"), "val", None, fail, "evaluate")
     test = data.get("test")
     test = None if test is None or test is False else _evaluation({} if test is True else test, "test", evaluate, fail, "test")
-    if "select" not in data:  # the default criterion is scored by the evaluation: make sure it is
+    select = data.get("select", dataclasses.asdict(Criterion()))
+    if _names_metric(select, "val/nll_D"):  # the default criterion needs no image scores: evaluate it whatever is asked
         evaluate = _evaluation({"samplers": [], "nll_D": True}, "val", None, fail, "evaluate") if evaluate is None \
             else dataclasses.replace(evaluate, nll_D=True)
-    select_all, criteria = _select(data.get("select", dataclasses.asdict(Criterion())), evaluate, fail)
+    select_all, criteria = _select(select, evaluate, fail)
     return SweepSpec(name=spec_name, config=config, set=tuple(overrides), grid=tuple(grid), group=tuple(group),
                      select=tuple(criteria), select_all=select_all, evaluate=evaluate, test=test, source=source)
 
@@ -318,6 +319,11 @@ def _evaluation(value: Any, split: str, inherit: Evaluation | None, fail: Any, k
 
 
 _EVAL_KEYS = ("n", "samplers", "reconstruction", "disjoint", "features", "inception_score", "seed", "fid_cache", "nll_D")
+
+
+def _names_metric(select: Any, metric: str) -> bool:
+    items = select if isinstance(select, list) else [select]
+    return any(isinstance(item, dict) and item.get("metric") == metric for item in items)
 
 
 def _select(value: Any, evaluate: Evaluation | None, fail: Any) -> tuple[bool, list[Criterion]]:
