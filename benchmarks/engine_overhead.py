@@ -131,13 +131,18 @@ def whole_commands(config_path, *, threads: int, rounds: int, epochs: int | None
 
 def measure(name: str, config_path, *, threads: int, rounds: int, epochs: int, extra: list[str],
             engine_extra: list[str] = ()) -> dict:
-    torch.set_num_threads(threads)
+    from injflow.threads import limit_threads
+
+    # Both loops are planned by prepare_run, which sets torch's threads from train.num_threads (the default config
+    # says 2): the thread count under test must be the config's, or both loops would run with the config's 2.
+    extra = [*extra, f"train.num_threads={threads}"]
     plain, engine = [], []
-    for _ in range(rounds):
-        s, n = plain_loop(config_path, epochs, extra)
-        plain.append(1e3 * s / n)
-        s, n_engine = engine_loop(config_path, epochs, [*extra, *engine_extra])
-        engine.append(1e3 * s / n_engine)
+    with limit_threads(threads):  # torch's and the BLAS/OpenMP pools (threadpoolctl)
+        for _ in range(rounds):
+            s, n = plain_loop(config_path, epochs, extra)
+            plain.append(1e3 * s / n)
+            s, n_engine = engine_loop(config_path, epochs, [*extra, *engine_extra])
+            engine.append(1e3 * s / n_engine)
         assert n == n_engine, (n, n_engine)
     p, e = statistics.median(plain), statistics.median(engine)
     ratios = sorted(a / b for a, b in zip(engine, plain))
