@@ -184,12 +184,16 @@ class FlowModule(L.LightningModule):
         self._timer = next((cb for cb in self.trainer.callbacks if isinstance(cb, Timer)), None)
 
     def on_train_start(self) -> None:
+        from .distributed import own_rng_state, process_seed, set_rng_state
+
         # Restored as late as possible: nothing between here and the first batch draws random numbers.
         if self._rng_to_restore is not None:
-            torch.set_rng_state(self._rng_to_restore["torch"])
-            if "cuda" in self._rng_to_restore and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(self._rng_to_restore["cuda"])
+            set_rng_state(own_rng_state(self._rng_to_restore, self.seed, self.global_step))
             self._rng_to_restore = None
+        elif self.trainer.global_rank > 0:
+            # Every process was seeded alike: without this, N processes would draw the same Hutchinson and input
+            # noise (K samples, not N·K). Rank 0 keeps the single-process stream.
+            torch.manual_seed(process_seed(self.seed, self.trainer.global_rank))
 
     def budget_progress(self) -> float | None:
         """The spent fraction of ``max_time`` (Lightning's timer, which a resumed run continues), or ``None``."""
@@ -370,11 +374,17 @@ class FlowModule(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Lightning does not save RNG states; bit-identical resume needs them (input and Hutchinson noise).
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        checkpoint["injflow_rng"] = rng
+        from .distributed import gather_rng_states
+
+        # Lightning does not save RNG states; bit-identical resume needs them (input and Hutchinson noise), one per
+        # process under DDP (a collective: every process saves a checkpoint together, see Trainer.save_checkpoint).
+        states = gather_rng_states()
+        checkpoint["injflow_rng"] = {**states[0], "ranks": states} if len(states) > 1 else states[0]
+        self.describe_checkpoint(checkpoint)
+
+    def describe_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Adds what injflow keeps in a checkpoint besides weights and RNG states: the model description, the
+        running sums of an interrupted epoch and the CSV row count (no collective: any process may call it)."""
         from ..model import CHECKPOINT_FORMAT
 
         checkpoint["injflow"] = {"format": CHECKPOINT_FORMAT, "version": 1, **self.describe}
