@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .devices import full_float32
 from .distributions import LatentDistribution, StandardNormal, build_latent, distribution_from_spec, fit_sampler
 from .errors import CheckpointError
 from .io import atomic_torch_save, load_torch
@@ -390,10 +391,10 @@ class InjectiveFlow(nn.Module):
 
         def one(xb: Tensor, view: Any) -> tuple[Tensor, Tensor]:
             xb = xb.to(device)
-            with torch.no_grad():
+            with torch.no_grad(), full_float32():  # exact numbers: no TF32 on a GPU (injflow.devices)
                 z = view.encode(xb)
                 x_hat = view.decode(z)
-            with torch.enable_grad():
+            with torch.enable_grad(), full_float32():
                 log_vol = decoder_log_volume(view.decode, z.detach(), chunk_size=chunk_size)
             lp = self.latent.log_prob(z) - log_vol.detach().to(z.dtype)
             return lp.detach(), (x_hat - xb).flatten(1).pow(2).sum(1)
@@ -533,7 +534,9 @@ class InjectiveFlow(nn.Module):
         flow.load_nets(blob["nets"], source=path)
         for name, sampler in samplers.items():
             flow.samplers[name] = sampler
-        return flow
+        # The model is built on the CPU and the loaded tensors copied in: move all of it (nets, latent, samplers,
+        # buffers) to where map_location put them.
+        return flow.to(_loaded_device(blob["nets"]))
 
     @classmethod
     def load_from_checkpoint(
@@ -553,12 +556,18 @@ class InjectiveFlow(nn.Module):
             raise CheckpointError(f"{path} was written by an older injflow and does not describe its model: load it "
                                   f"through its run folder (injflow.api.load(RUN, checkpoint='last'))")
         flow = cls._rebuild(info, path, encoder, decoder)
-        return flow.load_nets(blob["state_dict"], source=path, prefix="flow.")
+        flow.load_nets(blob["state_dict"], source=path, prefix="flow.")
+        return flow.to(_loaded_device(blob["state_dict"]))
 
     def extra_repr(self) -> str:
         shape = "?" if self.data_shape is None else "x".join(map(str, self.data_shape))
         extra = f", num_classes={self.num_classes}" if self.conditional else ""
         return f"data_shape={shape}, latent_dim={self.latent_dim}, kind={self.data_kind}{extra}"
+
+
+def _loaded_device(state: dict[str, Any]) -> torch.device:
+    """The device ``torch.load``'s ``map_location`` put a state dict's tensors on (the CPU for an empty one)."""
+    return next((v.device for v in state.values() if isinstance(v, Tensor)), torch.device("cpu"))
 
 
 def _latent_dim(info: dict[str, Any]) -> int | None:
