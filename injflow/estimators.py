@@ -814,9 +814,9 @@ def conjugate_gradient(
             (mixed-precision training) the products cannot resolve less than the format's rounding, so the tolerance
             is at least ``8 * torch.finfo(b.dtype).eps`` there; the iteration itself runs in float32.
         max_iter: iteration cap (default 2n; exact arithmetic needs at most n).
-        check_every: read the convergence test on the host every this many iterations (default: every iteration on
-            the CPU, where the read is free; every 8 on accelerators, where each read waits for the device). Extra
-            iterations after convergence only refine the solution.
+        check_every: read the convergence test on the host every this many iterations, from the first on (default:
+            every iteration on the CPU, where the read is free; every 8 on accelerators, where each read waits for the
+            device). Extra iterations after convergence only refine the solution.
 
     Returns:
         ``(u, iterations, relative_residual)`` with the per-row relative residual (B,).
@@ -837,7 +837,9 @@ def conjugate_gradient(
     rs = (r * r).sum(1)
     b_norm = b.norm(dim=1).clamp_min(torch.finfo(b.dtype).tiny)
     iterations = 0
-    while iterations < max_iter and (iterations % check_every or bool((rs.sqrt() > tol * b_norm).any())):
+    # No read before the first iteration: only b = 0 would converge there, and one more iteration leaves it at 0.
+    while iterations < max_iter and (iterations % check_every or iterations == 0
+                                     or bool((rs.sqrt() > tol * b_norm).any())):
         ap = matvec(p)
         curvature = (p * ap).sum(1)
         # Rows that have converged (or hit an exactly singular direction) stop moving.

@@ -171,3 +171,44 @@ def test_bf16_mixed_training_runs_orthogonal_noise_and_conjugate_gradients(tmp_p
         rows = [r for r in csv.DictReader(f) if r.get("train/loss_step")]
     assert len(rows) == 4 and all(math.isfinite(float(r["train/loss_step"])) for r in rows)
     assert all(float(r["train/cg_iterations_step"]) < 4 for r in rows)  # the cap is 2d = 4
+
+
+# ------------------------------------------------------------------------------------------------ EMA
+
+
+def test_ema_updater_equals_averaged_model_bit_for_bit_and_reads_the_counter_once(monkeypatch):
+    """EMAUpdater makes AveragedModel's EMA update (copy first, then lerp; integer buffers rounded as torch does) with
+    the counter read once instead of twice per step: the same weights, buffers and n_averaged, exactly."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from injflow.train.ema import EMAUpdater
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), BatchNorm1d(8), torch.nn.Linear(8, 2))
+    ours = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    torch_s = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    update = EMAUpdater(ours, 0.9)
+    reads = {"ours": 0, "torch": 0}
+    counting = [None]
+    for name in ("__bool__", "__int__", "item"):
+        real = getattr(torch.Tensor, name)
+
+        def spy(self, *args, real=real):
+            if counting[0] is not None:
+                reads[counting[0]] += 1
+            return real(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    for step in range(5):
+        net(torch.randn(16, 3, generator=gen(step))).sum().backward()  # moves BatchNorm's statistics
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.1 * p.grad)
+        counting[0] = "torch"
+        torch_s.update_parameters(net)
+        counting[0] = "ours"
+        update(net)
+        counting[0] = None
+        for (k, a), b in zip(ours.state_dict().items(), torch_s.state_dict().values()):
+            assert torch.equal(a, b), (step, k)
+    assert reads == {"ours": 1, "torch": 10}  # host reads: one in all vs two per step

@@ -1,0 +1,284 @@
+"""Operators dispatched by one FIF training step, and its time on the CPU (issue 28: a step that is not launch-bound).
+
+A small net on a GPU is launch-bound: the step costs about (number of kernels) × (launch latency), whatever the batch
+size. Without a GPU the count is the measurable proxy: torch.profiler records every aten operator of one step (the
+loss with its JVP/VJP products, the backward pass, the Adam update); "leaf" operators call no other aten operator and
+are about the kernels a GPU would launch. The step is the engine's (inputs checked once, so no per-step input check),
+without Lightning around it.
+
+    python benchmarks/op_count.py --json out.json --markdown out.md
+    python benchmarks/op_count.py --compare /path/to/older/checkout ...   # the same step on both, interleaved
+    python benchmarks/op_count.py --device cuda --rounds 20             # CUDA kernels, host syncs, ms per step
+
+``--compare`` runs the measurement in subprocesses, alternating this tree and the other ``--repeats`` times, so both
+see the same machine load; step times are medians over all of a tree's rounds (``--rounds`` steps of the conv nets,
+ten times as many of the default step, which takes milliseconds). Threads: ``--threads 1 2`` sets
+torch's threads and bounds the BLAS/OpenMP pools with threadpoolctl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import load_average, machine  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+#: name -> (config file or None for the embedded default, overrides, data shape, data kind)
+DEFAULT = "default (FIF, toy ResNet 4x128, B=256, d=1, K=1)"
+CASES = {
+    DEFAULT: (None, [], (2,), "toy"),
+    "MNIST ConvNet (FIF, Pythae ConvNet, B=100, d=16, K=1)": ("configs/small/fif-pythae-convnet-mnist.yaml", [], (1, 28, 28), "image"),
+    "MNIST ConvNet, K=2": ("configs/small/fif-pythae-convnet-mnist.yaml", ["method.n_hutchinson=2"], (1, 28, 28), "image"),
+    "MNIST ResNet (FIF, Pythae ResNet, B=100, d=16, K=1)": ("configs/small/fif-pythae-resnet-mnist.yaml", [], (1, 28, 28),
+                                                           "image"),
+}
+#: The cases measured on the CPU by default (the ResNet step takes seconds there).
+CPU_CASES = list(CASES)[:3]
+
+
+def build_step(config: str | None, overrides: list[str], shape: tuple[int, ...], kind: str, device: str = "cpu"):
+    """One engine-like training step on random data of the config's shape (the count does not depend on the values)."""
+    from injflow import estimators
+    from injflow.config import load_config
+    from injflow.model import InjectiveFlow
+
+    cfg = load_config(ROOT / config if config else None, overrides)
+    torch.manual_seed(0)
+    flow = InjectiveFlow.from_config(cfg, data_shape=shape, data_kind=kind,
+                                     image_shape=shape if kind == "image" else None)
+    method = cfg.build_method()
+    method.total_steps = 1000
+    flow.to(device).train()
+    optimizer = torch.optim.Adam(flow.parameters(), lr=1e-4)
+    x = torch.rand(cfg.data.batch_size, *shape, device=device)
+    skip = estimators.skip_input_checks
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with skip():
+            terms = method.loss(x, 10, flow)
+        terms["loss"].mean().backward()
+        optimizer.step()
+
+    return step
+
+
+#: Operators that only allocate, re-index or re-describe memory: no kernel on a GPU.
+NO_KERNEL = {f"aten::{n}" for n in (
+    "empty", "empty_strided", "empty_like", "as_strided", "view", "_unsafe_view", "reshape", "_reshape_alias", "expand",
+    "expand_as", "permute", "transpose", "t", "numpy_T", "mT", "unsqueeze", "squeeze", "select", "slice", "narrow",
+    "split", "split_with_sizes", "chunk", "unbind", "diagonal", "movedim", "flatten", "unflatten", "detach", "alias",
+    "result_type", "resize_", "lift_fresh", "to", "_to_copy", "contiguous", "conj", "resolve_conj", "resolve_neg",
+    "view_as", "broadcast_to", "set_", "_has_compatible_shallow_copy_type", "is_nonzero", "item", "size", "stride",
+    "dim", "ones_like", "zeros_like", "zeros", "ones", "full", "full_like", "new_empty", "new_empty_strided",
+    "new_zeros", "new_ones", "scalar_tensor", "_make_dual", "_unpack_dual", "_fw_primal", "zero_", "fill_",
+    "clone", "repeat", "_efficientzerotensor")}
+#: The host reads a value: a synchronisation on a GPU.
+HOST_READ = "aten::_local_scalar_dense"
+
+
+def count_cuda(step) -> dict[str, int]:
+    """CUDA kernels launched by one step (the profiler's device events; ``Memcpy``/``Memset`` counted apart) and the
+    host synchronisations torch reports (``set_sync_debug_mode``), outside the optimiser's step."""
+    import warnings
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    device_events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    copies = sum(e.name.startswith(("Memcpy", "Memset")) for e in device_events)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = sum("synchroniz" in str(w.message).lower() for w in caught)
+    return {"cuda_kernels": len(device_events) - copies, "cuda_copies": copies, "syncs": syncs}
+
+
+def count_ops(step) -> dict[str, int]:
+    """aten operators of one step: all of them; the innermost ones that compute (about a GPU's kernels: copies and fills
+    count, allocations and views do not) of the loss and its backward pass, and of the optimiser apart (the CPU's
+    per-parameter Adam; on a GPU torch's default multi-tensor Adam launches far fewer); host reads outside the optimiser
+    (Adam's step counters live on the host and are no synchronisation on a GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+
+    def computes(name: str) -> bool:
+        return name.startswith("aten::") and name not in NO_KERNEL and name != HOST_READ
+
+    def computes_inside(e) -> bool:
+        return any(computes(c.name) or computes_inside(c) for c in e.cpu_children)
+
+    def in_optimizer(e) -> bool:
+        parent = e.cpu_parent
+        while parent is not None:
+            if parent.name.startswith("Optimizer.step"):
+                return True
+            parent = parent.cpu_parent
+        return False
+
+    kernels = [e for e in events if (computes(e.name) or e.name in ("aten::fill_", "aten::zero_", "aten::clone"))
+               and not computes_inside(e)]
+    return {"operators": len(events), "kernels": sum(not in_optimizer(e) for e in kernels),
+            "optimizer_kernels": sum(in_optimizer(e) for e in kernels),
+            "host_reads": sum(e.name == HOST_READ and not in_optimizer(e) for e in events)}
+
+
+def measure_cuda(rounds: int, warmup: int) -> dict:
+    """Kernels, synchronisations and step times (ms, synchronised) of every case on the GPU."""
+    out = {}
+    for name, (config, overrides, shape, kind) in CASES.items():
+        step = build_step(config, overrides, shape, kind, "cuda")
+        for _ in range(warmup):
+            step()
+        row = {**count_ops(step), **count_cuda(step)}
+        torch.cuda.synchronize()
+        seconds = []
+        for _ in range(rounds * (10 if name == DEFAULT else 1)):
+            start = time.perf_counter()
+            step()
+            torch.cuda.synchronize()
+            seconds.append(time.perf_counter() - start)
+        row["ms"] = 1e3 * statistics.median(seconds)
+        out[name] = row
+    return {"cases": out, "machine": machine("cuda")}
+
+
+def markdown_cuda(result: dict) -> str:
+    lines = ["| step | aten operators | kernels (CPU count) | CUDA kernels | CUDA copies | host syncs | ms/step |",
+             "|" + " --- |" * 7]
+    for name, r in result["cases"].items():
+        lines.append(f"| {name} | {r['operators']} | {r['kernels']} | {r['cuda_kernels']} | {r['cuda_copies']} | "
+                     f"{r['syncs']} | {r['ms']:.2f} |")
+    lines += ["", f"{result['machine']}; eager steps (zero_grad, loss, backward, Adam), synchronised medians."]
+    return "\n".join(lines)
+
+
+def measure(threads: list[int], rounds: int, warmup: int) -> dict:
+    """Counts and step times of every case in this process (the tree on PYTHONPATH)."""
+    from threadpoolctl import threadpool_limits
+
+    out = {}
+    for name in CPU_CASES:
+        config, overrides, shape, kind = CASES[name]
+        step = build_step(config, overrides, shape, kind)
+        for _ in range(warmup):
+            step()
+        row = count_ops(step)
+        for t in threads:
+            torch.set_num_threads(t)
+            with threadpool_limits(t):
+                for _ in range(warmup):
+                    step()
+                seconds = []
+                for _ in range(rounds * (10 if name == DEFAULT else 1)):  # the default step takes milliseconds
+                    start = time.perf_counter()
+                    step()
+                    seconds.append(time.perf_counter() - start)
+            row[f"seconds_{t}"] = seconds
+        out[name] = row
+    import injflow
+
+    return {"tree": str(Path(injflow.__file__).resolve().parents[1]), "cases": out, "load": load_average(),
+            "machine": machine("cpu", 1)}
+
+
+def compare(other: Path, threads: list[int], rounds: int, warmup: int, repeats: int) -> dict:
+    trees = {"before": other.resolve(), "after": ROOT}
+    results: dict[str, list[dict]] = {k: [] for k in trees}
+    loads = [load_average()]
+    for _ in range(repeats):
+        for label, tree in trees.items():
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            cmd = [sys.executable, __file__, "--measure", "--rounds", str(rounds), "--warmup", str(warmup),
+                   "--threads", *map(str, threads)]
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+            results[label].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            loads.append(load_average())
+    table = {}
+    for name in CPU_CASES:
+        row = {}
+        for label, runs in results.items():
+            first = runs[0]["cases"][name]
+            row[label] = {k: first[k] for k in ("operators", "kernels", "optimizer_kernels", "host_reads")}
+            for t in threads:
+                row[label][f"ms_{t}"] = 1e3 * statistics.median([s for r in runs for s in r["cases"][name][f"seconds_{t}"]])
+        table[name] = row
+    return {"cases": table, "machine": results["after"][0]["machine"].replace("1 torch thread, ", ""),
+            "loads": loads, "rounds": rounds * repeats, "threads": threads, "before": str(trees["before"])}
+
+
+def markdown(result: dict) -> str:
+    threads = result["threads"]
+    head = ("| step | aten operators | kernels: loss + backward | kernels: Adam | host reads (loss + backward) | "
+            + " | ".join(
+        f"ms/step, {t} thread{'s' if t > 1 else ''}" for t in threads) + " |")
+    lines = [head, "|" + " --- |" * (5 + len(threads)), "| (each cell: before → after) |" + " |" * (4 + len(threads))]
+    for name, row in result["cases"].items():
+        b, a = row["before"], row["after"]
+        times = " | ".join(f"{b[f'ms_{t}']:.1f} → {a[f'ms_{t}']:.1f}" for t in threads)
+        counts = " | ".join(f"{b[k]} → {a[k]}" for k in ("operators", "kernels", "optimizer_kernels", "host_reads"))
+        lines.append(f"| {name} | {counts} | {times} |")
+    lines.append("")
+    lines.append(f"{result['machine']}; medians over {result['rounds']} steps per tree and thread count ({10 * result['rounds']} "
+                 f"of the default step), runs of the two trees interleaved; 1-minute load averages during the runs: "
+                 f"{', '.join(result['loads'])}.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--compare", type=Path, help="an older checkout to measure the same steps on")
+    parser.add_argument("--device", default="cpu", help="cuda: CUDA kernels, host syncs and step times on the GPU")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="alternations of the two trees (--compare)")
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--markdown", type=Path)
+    args = parser.parse_args()
+    if args.device != "cpu":
+        result = measure_cuda(args.rounds, args.warmup)
+        text = markdown_cuda(result)
+        print(text)
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1))
+        if args.markdown:
+            args.markdown.write_text(text + "\n")
+        return
+    if args.measure or args.compare is None:
+        result = measure(args.threads, args.rounds, args.warmup)
+        print(json.dumps(result))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1))
+        return
+    result = compare(args.compare, args.threads, args.rounds, args.warmup, args.repeats)
+    text = markdown(result)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    if args.markdown:
+        args.markdown.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
