@@ -34,7 +34,8 @@ CONFIGS = {"default": None, "small/fif-tabular-power": REPO / "configs/small/fif
 
 
 def _plan(config_path, epochs: int, run_dir: Path, extra: list[str]):
-    from injflow.train import load_config, prepare_run
+    from injflow.config import load_config
+    from injflow.train import prepare_run
 
     overrides = [f"train.max_epochs={epochs}", "train.pictures=false", "train.samplers=[]", *extra]
     return prepare_run(load_config(config_path, overrides), run_dir=run_dir)
@@ -48,7 +49,8 @@ def plain_loop(config_path, epochs: int, extra: list[str]) -> tuple[float, int]:
 
     with tempfile.TemporaryDirectory() as tmp:
         plan = _plan(config_path, epochs, Path(tmp) / "run", extra)
-    config, flow, method, data = plan.config, plan.flow, plan.method, plan.data
+    config, flow, data = plan.config, plan.flow, plan.data
+    method = config.method
     L.seed_everything(config.train.seed, verbose=False)
     o = config.optim
     optimizer = torch.optim.Adam(flow.parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
@@ -85,7 +87,7 @@ def plain_loop(config_path, epochs: int, extra: list[str]) -> tuple[float, int]:
 def engine_loop(config_path, epochs: int, extra: list[str]) -> tuple[float, int]:
     """``injflow fit``'s training loop (``train_run``): returns (seconds, steps)."""
     from injflow.train.callbacks import SignalFlag
-    from injflow.train.runner import train_run
+    from injflow.train.trainer import train_run
 
     with tempfile.TemporaryDirectory() as tmp:
         plan = _plan(config_path, epochs, Path(tmp) / "run", extra)
@@ -96,6 +98,35 @@ def engine_loop(config_path, epochs: int, extra: list[str]) -> tuple[float, int]
             trainer, _, _ = train_run(plan, flag)
             seconds = time.perf_counter() - t0
     return seconds, int(trainer.global_step)
+
+
+def whole_commands(config_path, *, threads: int, rounds: int, epochs: int | None, extra: list[str]) -> dict:
+    """Wall time of the whole ``injflow fit`` command against ``plain_fit.py`` doing the same steps (two processes each
+    round, interleaved): imports, data, set-up, training, and what ``fit`` adds (checkpoints, logs, samplers, pictures
+    unless ``extra`` turns them off)."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    sets = [f"train.num_threads={threads}", "train.progress_bar=false", *extra]
+    if epochs:
+        sets.append(f"train.max_epochs={epochs}")
+    config = [str(config_path)] if config_path else []
+    plain, engine = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, str(REPO / "benchmarks" / "plain_fit.py"), *config, "--set", *sets,
+                            "--out", f"{tmp}/plain{r}.pt"], check=True, env=env, capture_output=True)
+            plain.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "injflow.cli", "fit", *config, "--set", *sets, f"run.dir={tmp}/run{r}"],
+                           check=True, env=env, capture_output=True)
+            engine.append(time.perf_counter() - t0)
+    ratios = sorted(e / p for e, p in zip(engine, plain))
+    return {"threads": threads, "epochs": epochs, "extra": extra, "plain_s": round(statistics.median(plain), 2),
+            "engine_s": round(statistics.median(engine), 2), "ratio": round(statistics.median(ratios), 3),
+            "ratio_range": [round(ratios[0], 3), round(ratios[-1], 3)], "rounds": rounds, "load_average": load_average()}
 
 
 def measure(name: str, config_path, *, threads: int, rounds: int, epochs: int, extra: list[str],
@@ -126,7 +157,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--engine-set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="overrides for the engine runs only, e.g. train.compile=true (the plain loop stays eager)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
+    parser.add_argument("--whole", action="store_true",
+                        help="time the whole `injflow fit` command against benchmarks/plain_fit.py (the default config's "
+                             "full length unless --epochs is given explicitly), with and without samplers and pictures")
     args = parser.parse_args(argv)
+    if args.whole:
+        epochs = args.epochs if "--epochs" in (argv or sys.argv) else None
+        results = []
+        for threads in args.threads:
+            for extra in ([], ["train.samplers=[]", "train.pictures=false"]):
+                r = whole_commands(CONFIGS[args.configs[0]], threads=threads, rounds=args.rounds, epochs=epochs,
+                                   extra=extra)
+                results.append(r)
+                print(json.dumps(r), flush=True)
+        if args.out:
+            args.out.write_text(json.dumps({"results": results}, indent=2) + "\n")
+        return
     extra = [] if args.progress_bar else ["train.progress_bar=false"]
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads max, torch {torch.__version__}"
     try:

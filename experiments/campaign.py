@@ -400,6 +400,7 @@ def score_run(run_dir: Path, spec: EvalSpec, *, seed: int, device: str = "cpu", 
     """Scores one trained run on ``spec.split``: FID of reconstructions and of each sampler's samples against the
     reference set of :func:`injflow.metrics.fid_protocol`, reconstruction error, and IS where possible."""
     import injflow.api as inj
+    from injflow.config import load_config
     from injflow.metrics import (
         IS_UNAVAILABLE_REASON,
         LogitsUnavailableError,
@@ -410,7 +411,6 @@ def score_run(run_dir: Path, spec: EvalSpec, *, seed: int, device: str = "cpu", 
         frechet_distance,
         inception_score_of_images,
     )
-    from injflow.train.config import load_config
 
     t0 = time.perf_counter()
     config = load_config(run_dir / "config.yaml")
@@ -662,7 +662,7 @@ _RESOLVED: dict[str, Any] = {}
 
 
 def _resolved(spec: RunSpec, ctx: Context) -> Any:
-    from injflow.train.config import load_config
+    from injflow.config import load_config
 
     key = json.dumps(dataclasses.asdict(spec), sort_keys=True)
     if key not in _RESOLVED:
@@ -820,8 +820,8 @@ def real_data_floor(result: CampaignResult, fid_cache: str | None = None, device
     """Per group: the score of the real images ``test[:n]`` of its data set against the test reference set — the
     lowest value n images can reach under this protocol (FID is biased upwards at small n). Cached in
     ``floor-test.json`` (one computation per data set)."""
+    from injflow.config import load_config
     from injflow.metrics import ReferenceStatsCache, feature_stats, fid_protocol, frechet_distance
-    from injflow.train.config import load_config
 
     path = result.folder / "floor-test.json"
     cached = _read_json(path) or {}
@@ -853,7 +853,7 @@ def example_images(record: RunRecord | None, folder: Path, *, n: int = 8, sample
                    seed: int = 0) -> dict[str, Tensor] | None:
     """``n`` test images, their reconstructions and ``n`` samples of a trained run (for the sample figures)."""
     import injflow.api as inj
-    from injflow.train.config import load_config
+    from injflow.config import load_config
 
     if record is None or record.state != "trained":
         return None

@@ -111,9 +111,9 @@ def run_job(job: Job) -> dict[str, Any]:
     import torch
     from common import fit_run
 
+    from injflow.config import load_config
+    from injflow.loading import load_run_data
     from injflow.metrics.likelihood import on_manifold_likelihood
-    from injflow.train.config import load_config
-    from injflow.train.runner import load_run_data
 
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)

@@ -191,8 +191,8 @@ def train_and_evaluate(config: str, overrides: list[str], *, seed: int, n_sample
     checkpoint (end of the previous epoch) and marked ``diverged``; without a checkpoint both metrics are inf.
     Sample sets with non-finite values give W2 = inf.
     """
-    from injflow.train.module import NonFiniteLossError
-    from injflow.train.runner import load_run_model
+    from injflow.errors import NonFiniteLossError
+    from injflow.loading import load_run_model
 
     t0 = time.perf_counter()
     diverged = False

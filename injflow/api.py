@@ -21,12 +21,14 @@ from typing import Any
 from torch import Tensor
 
 from .config import Config, ConfigError, config_from_dict, config_to_dict, load_config
+from .data import DataSplits
 from .distributions import build_latent, fit_gaussian, fit_gmm
+from .loading import load_run_model
 from .methods import AE, FIF, Method, build_method
 from .model import DATA_KINDS, InjectiveFlow
 from .runs import evaluate_run as evaluate
 from .runs import sample_run as sample
-from .train.runner import FitResult, RunData, fit_config, load_run_model, resume_run
+from .train.runner import FitResult, fit_config, resume_run
 
 __all__ = [
     "AE",
@@ -57,6 +59,7 @@ def fit(
     *,
     overrides: list[str] | tuple[str, ...] = (),
     run_dir: str | Path | None = None,
+    overwrite: bool = False,
     verbose: bool = True,
 ) -> FitResult:
     """Trains from a config (object, dict, YAML path, or ``None`` for the embedded default), like ``injflow fit``.
@@ -64,7 +67,9 @@ def fit(
     Arguments:
         config: The config.
         overrides: Dotted ``key=value`` overrides.
-        run_dir: The run folder (default: ``run.dir`` or a fresh timestamped folder).
+        run_dir: The run folder (default: ``run.dir`` or a fresh timestamped folder). A folder that already holds a
+            run is refused: continue it with :func:`resume`, or pass ``overwrite=True`` to replace it.
+        overwrite: Replace the run ``run_dir`` holds (its model, checkpoints, metrics and reports are deleted).
         verbose: Print where artefacts went.
 
     Returns:
@@ -77,7 +82,7 @@ def fit(
 
         data = config_to_dict(config) if isinstance(config, Config) else config
         config = config_from_dict(apply_overrides(data, overrides))
-    return fit_config(config, run_dir=run_dir, verbose=verbose)
+    return fit_config(config, run_dir=run_dir, overwrite=overwrite, verbose=verbose)
 
 
 def train(
@@ -116,12 +121,8 @@ def train(
     from .config import apply_overrides
 
     method_obj = build_method(method) if isinstance(method, str) else method
-    base = {
-        "model": {"latent_dim": flow.latent_dim},
-        "method": {"name": method_obj.name, **method_obj.options()},
-        "run": {"name": "custom"},
-    }
-    config = config_from_dict(apply_overrides(base, overrides))
+    base = {"model": {"latent_dim": flow.latent_dim}, "run": {"name": "custom"}}
+    config = config_from_dict({**apply_overrides(base, overrides), "method": method_obj})
     shape = tuple(train_data.shape[1:])
     if kind is None:
         kind = flow.data_kind or ("image" if len(shape) == 3 else "tabular")
@@ -129,8 +130,9 @@ def train(
         raise ConfigError(f"kind: expected one of {', '.join(DATA_KINDS)}, got {kind!r}")
     train_labels, val_labels, test_labels = labels if labels is not None else (None, None, None)
     num_classes = flow.num_classes if flow.conditional else None
-    data = RunData(train_data, val, test, kind, train_labels, val_labels, test_labels,
-                   image_shape or flow.image_shape, num_classes)
+    info = {} if num_classes is None else {"num_classes": num_classes}
+    data = DataSplits("tensors", kind, train_data, val, test, None, train_labels, val_labels, test_labels, info,
+                      image_shape or flow.image_shape)
     return fit_config(config, run_dir=run_dir, flow=flow, data=data, verbose=verbose)
 
 

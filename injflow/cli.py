@@ -26,6 +26,16 @@ from .runs import evaluate_run, report_runs, sample_run
 __all__ = ["main", "evaluate_run", "report_runs", "sample_run"]
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
 def _fmt(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
@@ -54,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, e.g. --set optim.lr=1e-4 (repeatable; several may follow one --set)", nargs="+")
     f.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint (with its saved config)")
+    f.add_argument("--overwrite", action="store_true",
+                   help="replace the run that run.dir already holds (its model, checkpoints, metrics and reports are "
+                        "deleted; without it such a folder is refused)")
     f.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
     s = sub.add_parser(
@@ -64,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="example:\n  injflow sample runs/fif-sinusoid-20240101-120000 --n 1000 --sampler gmm --temperature 0.8",
     )
     s.add_argument("run", metavar="RUN", help="run folder written by `injflow fit`")
-    s.add_argument("--n", type=int, default=1000, help="number of samples (default 1000)")
+    s.add_argument("--n", type=_positive_int, default=1000, help="number of samples (default 1000)")
     s.add_argument("--sampler", choices=["prior", *SAMPLERS.names()], default="prior",
                    help="prior = training latent; gaussian/gmm = post-fit on encoded training data")
     s.add_argument("--temperature", type=float, default=1.0, help="scales the latent spread (default 1)")
@@ -134,9 +147,11 @@ def _run(args: argparse.Namespace) -> None:
         if args.resume:
             if args.config:
                 raise ConfigError("give either CONFIG or --resume RUN, not both (a resumed run uses its saved config)")
+            if args.overwrite:
+                raise ConfigError("give either --resume RUN (continue it) or --overwrite (replace it), not both")
             resume_run(args.resume, overrides)
         else:
-            fit_config(load_config(args.config, overrides))
+            fit_config(load_config(args.config, overrides), overwrite=args.overwrite)
     elif args.command == "sample":
         sample_run(args.run, n=args.n, sampler=args.sampler, temperature=args.temperature, seed=args.seed, out=args.out,
                    label=args.label, checkpoint=args.checkpoint, device=args.device)

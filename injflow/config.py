@@ -44,10 +44,15 @@ __all__ = [
     "RunConfig",
     "config_from_dict",
     "config_to_dict",
+    "method_from_dict",
+    "method_to_dict",
     "load_config",
     "apply_overrides",
     "default_config_path",
     "check_dimensions",
+    "changed_keys",
+    "lookup_key",
+    "RESUMABLE_KEYS",
     "as_config",
     "parse_duration",
 ]
@@ -57,18 +62,15 @@ _SEED_MAX = 2**32 - 1  # numpy's and Lightning's seed range
 
 def _check_seed(key: str, seed: int) -> None:
     if not 0 <= seed <= _SEED_MAX:
-        raise ConfigError(f"{key}: must be an integer in [0, {_SEED_MAX}], got {seed}")
+        raise ConfigError(f"must be an integer in [0, {_SEED_MAX}], got {seed}", key=key)
 
 
 def _check_options(key: str, registry: Any, name: str, options: dict[str, Any]) -> None:
     """Unknown option names of a registered entry, reported under the dotted ``key`` of the option."""
-    allowed = registry.options(name)
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"{key}.{unknown[0]}: unknown option for {registry.kind} {name!r}; it accepts: "
-            f"{', '.join(sorted(allowed)) or '(none)'}"
-        )
+    try:
+        registry.check_options(name, options)
+    except ConfigError as e:  # the registry's one wording, under the option's dotted key
+        raise e.under(key) from None
     _check_finite(key, options)
 
 
@@ -78,7 +80,7 @@ MAX_NET_SIZE = 10**6
 
 def _check_sizes(key: str, value: Any) -> None:
     if isinstance(value, int) and not isinstance(value, bool) and value > MAX_NET_SIZE:
-        raise ConfigError(f"{key}: {value} is larger than any sensible width, depth or count (at most {MAX_NET_SIZE})")
+        raise ConfigError(f"{value} is larger than any sensible width, depth or count (at most {MAX_NET_SIZE})", key=key)
     if isinstance(value, dict):
         for k, v in value.items():
             _check_sizes(f"{key}.{k}", v)
@@ -92,7 +94,7 @@ def _check_finite(key: str, value: Any) -> None:
     import math
 
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{key}: must be a finite number, got {value}")
+        raise ConfigError(f"must be a finite number, got {value}", key=key)
     if isinstance(value, dict):
         for k, v in value.items():
             _check_finite(f"{key}.{k}", v)
@@ -118,13 +120,13 @@ class DataConfig:
         from .data import DATASETS
 
         if self.name not in DATASETS:
-            raise ConfigError(f"name: unknown data set {self.name!r}; choose from: {', '.join(DATASETS.names())}")
+            raise ConfigError(f"unknown data set {self.name!r}; choose from: {', '.join(DATASETS.names())}", key="name")
         _check_options("options", DATASETS, self.name, self.options)
         _check_seed("seed", self.seed)
         if self.batch_size < 1:
-            raise ConfigError(f"batch_size: must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"must be >= 1, got {self.batch_size}", key="batch_size")
         if self.val_batch_size is not None and self.val_batch_size < 1:
-            raise ConfigError(f"val_batch_size: must be >= 1, got {self.val_batch_size}")
+            raise ConfigError(f"must be >= 1, got {self.val_batch_size}", key="val_batch_size")
 
 
 @dataclass
@@ -138,7 +140,7 @@ class LatentConfig:
         from .distributions import LATENTS
 
         if self.name not in LATENTS:
-            raise ConfigError(f"name: unknown latent {self.name!r}; choose from: {', '.join(LATENTS.names())}")
+            raise ConfigError(f"unknown latent {self.name!r}; choose from: {', '.join(LATENTS.names())}", key="name")
         _check_options("options", LATENTS, self.name, self.options)
 
 
@@ -160,13 +162,12 @@ class ModelConfig:
         from .nets import ARCHITECTURES
 
         if self.architecture not in ARCHITECTURES:
-            raise ConfigError(
-                f"architecture: unknown architecture {self.architecture!r}; choose from: {', '.join(ARCHITECTURES.names())}"
-            )
+            raise ConfigError(f"unknown architecture {self.architecture!r}; choose from: {', '.join(ARCHITECTURES.names())}",
+                              key="architecture")
         _check_options("options", ARCHITECTURES, self.architecture, self.options)
         _check_sizes("options", self.options)
         if self.latent_dim < 1:
-            raise ConfigError(f"latent_dim: must be >= 1, got {self.latent_dim}")
+            raise ConfigError(f"must be >= 1, got {self.latent_dim}", key="latent_dim")
 
 
 #: The torch LR scheduler behind each ``optim.scheduler.name`` and the arguments injflow sets itself.
@@ -201,20 +202,20 @@ class SchedulerConfig:
         cls_name, fixed = _SCHEDULERS[self.name]
         if cls_name is None:
             if self.options:
-                raise ConfigError(f"options: the constant schedule takes no options, got {sorted(self.options)}")
+                raise ConfigError(f"the constant schedule takes no options, got {sorted(self.options)}", key="options")
             return
         allowed = [p for p in inspect.signature(getattr(schedulers, cls_name)).parameters if p not in fixed]
         unknown = sorted(set(self.options) - set(allowed))
         if unknown:
-            raise ConfigError(f"options.{unknown[0]}: unknown option of torch's {cls_name} ({self.name}); it accepts: "
-                              f"{', '.join(allowed)}")
+            raise ConfigError(f"unknown option of torch's {cls_name} ({self.name}); it accepts: {', '.join(allowed)}",
+                              key=f"options.{unknown[0]}")
         _check_finite("options", self.options)
         _check_monitor("monitor", self.monitor)
 
 
 def _check_monitor(key: str, monitor: str) -> None:
     if not isinstance(monitor, str) or not monitor.startswith(("train/", "val/")) or monitor.count("/") != 1:
-        raise ConfigError(f"{key}: expected 'val/<term>' or 'train/<term>' (e.g. val/loss), got {monitor!r}")
+        raise ConfigError(f"expected 'val/<term>' or 'train/<term>' (e.g. val/loss), got {monitor!r}", key=key)
 
 
 @dataclass
@@ -231,13 +232,13 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
-            raise ConfigError(f"lr: must be > 0, got {self.lr}")
+            raise ConfigError(f"must be > 0, got {self.lr}", key="lr")
         if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay: must be >= 0, got {self.weight_decay}")
+            raise ConfigError(f"must be >= 0, got {self.weight_decay}", key="weight_decay")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ConfigError(f"betas: expected two numbers in [0, 1), got {self.betas}")
+            raise ConfigError(f"expected two numbers in [0, 1), got {self.betas}", key="betas")
         if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ConfigError(f"grad_clip: must be > 0 (or null), got {self.grad_clip}")
+            raise ConfigError(f"must be > 0 (or null), got {self.grad_clip}", key="grad_clip")
         _try_scheduler(self)
 
 
@@ -253,16 +254,16 @@ def _try_scheduler(optim: OptimConfig) -> None:
 
     for key, value in options.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-            raise ConfigError(f"scheduler.options.{key}: must be >= 0 (rates, factors, steps and minimum learning rates "
-                              f"are), got {value}")
+            raise ConfigError(f"must be >= 0 (rates, factors, steps and minimum learning rates are), got {value}",
+                              key=f"scheduler.options.{key}")
         if isinstance(value, (list, tuple)) and any(isinstance(v, (int, float)) and v < 0 for v in value):
-            raise ConfigError(f"scheduler.options.{key}: must hold numbers >= 0, got {value}")
+            raise ConfigError(f"must hold numbers >= 0, got {value}", key=f"scheduler.options.{key}")
     dummy = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=optim.lr)
     fixed = {"onecycle": {"max_lr": optim.lr, "total_steps": 100}, "cosine": {"T_max": 100}, "plateau": {}}[name]
     try:
         getattr(schedulers, cls_name)(dummy, **fixed, **options)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"scheduler.options: torch's {cls_name} refuses {options}: {e}") from None
+        raise ConfigError(f"torch's {cls_name} refuses {options}: {e}", key="scheduler.options") from None
 
 
 # Lightning 2's names (its AcceleratorRegistry, StrategyRegistry and precision strings), listed here so a config is
@@ -296,12 +297,12 @@ def parse_duration(value: float | str | None, key: str = "duration") -> float | 
         except ValueError:
             numbers = []
         if len(parts) not in (3, 4) or len(numbers) != len(parts) or any(n < 0 for n in numbers):
-            raise ConfigError(f"{key}: expected seconds or 'HH:MM:SS' / 'D:HH:MM:SS', got {value!r}")
+            raise ConfigError(f"expected seconds or 'HH:MM:SS' / 'D:HH:MM:SS', got {value!r}", key=key)
         seconds = sum(n * f for n, f in zip(reversed(numbers), (1, 60, 3600, 86400)))
     else:
         seconds = float(value)
     if not seconds > 0:
-        raise ConfigError(f"{key}: must be > 0, got {value!r}")
+        raise ConfigError(f"must be > 0, got {value!r}", key=key)
     return seconds
 
 
@@ -355,43 +356,43 @@ class TrainConfig:
 
         _check_seed("seed", self.seed)
         if self.max_epochs < 1:
-            raise ConfigError(f"max_epochs: must be >= 1, got {self.max_epochs}")
+            raise ConfigError(f"must be >= 1, got {self.max_epochs}", key="max_epochs")
         if self.max_steps != -1 and self.max_steps < 1:
-            raise ConfigError(f"max_steps: must be >= 1 or -1 (no limit), got {self.max_steps}")
+            raise ConfigError(f"must be >= 1 or -1 (no limit), got {self.max_steps}", key="max_steps")
         self.max_time = parse_duration(self.max_time, "max_time")
         if self.stop_after_steps is not None and self.stop_after_steps < 1:
-            raise ConfigError(f"stop_after_steps: must be >= 1 (or null), got {self.stop_after_steps}")
+            raise ConfigError(f"must be >= 1 (or null), got {self.stop_after_steps}", key="stop_after_steps")
         if self.checkpoint_interval < 0:
-            raise ConfigError(f"checkpoint_interval: must be >= 0 seconds (0: every epoch), got {self.checkpoint_interval}")
+            raise ConfigError(f"must be >= 0 seconds (0: every epoch), got {self.checkpoint_interval}", key="checkpoint_interval")
         if self.input_noise < 0:
-            raise ConfigError(f"input_noise: must be >= 0, got {self.input_noise}")
+            raise ConfigError(f"must be >= 0, got {self.input_noise}", key="input_noise")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ConfigError(f"ema_decay: must be in (0, 1) (or null), got {self.ema_decay}")
+            raise ConfigError(f"must be in (0, 1) (or null), got {self.ema_decay}", key="ema_decay")
         for key in ("val_every_n_epochs", "log_every_n_steps", "num_nodes", "gmm_components"):
             if getattr(self, key) < 1:
-                raise ConfigError(f"{key}: must be >= 1, got {getattr(self, key)}")
+                raise ConfigError(f"must be >= 1, got {getattr(self, key)}", key=key)
         for key in ("checkpoint_every_n_steps", "plot_every_n_epochs", "num_threads", "check_finite_every_n_steps"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
-                raise ConfigError(f"{key}: must be >= 1 (or null), got {getattr(self, key)}")
+                raise ConfigError(f"must be >= 1 (or null), got {getattr(self, key)}", key=key)
         if self.num_threads is not None and self.num_threads > 4096:
-            raise ConfigError(f"num_threads: at most 4096, got {self.num_threads}")
+            raise ConfigError(f"at most 4096, got {self.num_threads}", key="num_threads")
         _check_monitor("monitor", self.monitor)
         for key, allowed in (("accelerator", ACCELERATORS), ("strategy", STRATEGIES), ("precision", PRECISIONS)):
             if getattr(self, key) not in allowed:
-                raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+                raise ConfigError(f"expected one of {', '.join(allowed)}, got {getattr(self, key)!r}", key=key)
         if self.precision in HALF_WEIGHTS:
-            raise ConfigError(f"precision: {self.precision} keeps the weights and the optimiser state in half precision, "
-                              f"where the log-determinant estimators and their conjugate gradients lose the digits they "
-                              f"need; use 16-mixed or bf16-mixed (half-precision products, float32 weights)")
+            raise ConfigError(f"{self.precision} keeps the weights and the optimiser state in half precision, where the "
+                              f"log-determinant estimators and their conjugate gradients lose the digits they need; use "
+                              f"16-mixed or bf16-mixed (half-precision products, float32 weights)", key="precision")
         devices = self.devices
         if isinstance(devices, int):
             if devices < 1 and devices != -1:
-                raise ConfigError(f"devices: expected a number >= 1, -1 (all), 'auto' or '0,1', got {devices}")
+                raise ConfigError(f"expected a number >= 1, -1 (all), 'auto' or '0,1', got {devices}", key="devices")
         elif devices != "auto" and not all(part.strip().isdigit() for part in devices.split(",")):
-            raise ConfigError(f"devices: expected a number >= 1, -1 (all), 'auto' or a list like '0,1', got {devices!r}")
+            raise ConfigError(f"expected a number >= 1, -1 (all), 'auto' or a list like '0,1', got {devices!r}", key="devices")
         bad = [s for s in self.samplers if s not in SAMPLERS]
         if bad:
-            raise ConfigError(f"samplers: unknown post-fit sampler(s) {bad}; choose from: {', '.join(SAMPLERS.names())}")
+            raise ConfigError(f"unknown post-fit sampler(s) {bad}; choose from: {', '.join(SAMPLERS.names())}", key="samplers")
 
 
 @dataclass
@@ -403,23 +404,23 @@ class RunConfig:
     name: str = "run"
 
 
+def _default_method() -> Method:
+    from .methods import FIF
+
+    return FIF()
+
+
 @dataclass
 class Config:
-    """A whole run. ``method`` is the validated method object's options with its ``name``."""
+    """A whole run. ``method`` is the training objective itself (a :class:`~injflow.methods.Method`, validated and
+    built once, here); its YAML form is ``{name: <registered name>, <field>: <value>, ...}``."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: dict[str, Any] = field(default_factory=lambda: {"name": "fif"})
+    method: Method = field(default_factory=_default_method)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
-
-    def build_method(self) -> Method:
-        """The :class:`injflow.methods.Method` this config describes."""
-        from .methods import build_method
-
-        options = dict(self.method)
-        return build_method(options.pop("name"), **options)
 
 
 # --------------------------------------------------------------------------- validation
@@ -446,23 +447,23 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         if any(value == a and type(value) is type(a) for a in typing.get_args(tp)):
             return value
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"expected {_type_name(tp)}, got {value!r}", key=key)
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):
             try:
                 return _convert(value, arg, key)
             except ConfigError:
                 pass
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"expected {_type_name(tp)}, got {value!r}", key=key)
     if tp is type(None):
         if value is None:
             return None
-        raise ConfigError(f"{key}: expected null, got {value!r}")
+        raise ConfigError(f"expected null, got {value!r}", key=key)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+            raise ConfigError(f"expected a mapping, got {value!r}", key=key)
         return _from_dict(tp, value, key)
     if tp is bool:
         if isinstance(value, bool):
@@ -481,7 +482,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 pass
         if number is not None:
             if not math.isfinite(number):
-                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+                raise ConfigError(f"must be a finite number, got {value!r}", key=key)
             return number
     elif tp is str:
         if isinstance(value, str):
@@ -496,40 +497,49 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     else:  # pragma: no cover - annotation kinds not used in the schema
         return value
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    raise ConfigError(f"expected {_type_name(tp)}, got {value!r}", key=key)
 
 
 def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Builds dataclass ``cls`` from ``data``: unknown keys, wrong types and ``__post_init__`` errors name the key."""
-    hints = typing.get_type_hints(cls)
+    from .methods import Method
+
+    hints = typing.get_type_hints(cls, localns={"Method": Method})
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     dot = f"{prefix}." if prefix else ""
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"{dot}{unknown[0]}: unknown config key" + (f" in section '{prefix}'" if prefix else "")
-            + f"; known keys: {', '.join(sorted(fields))}"
-        )
+        raise ConfigError("unknown config key" + (f" in section '{prefix}'" if prefix else "")
+                          + f"; known keys: {', '.join(sorted(fields))}", key=f"{dot}{unknown[0]}")
     kwargs = {k: _convert(v, hints[k], f"{dot}{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
-    except ConfigError as e:
-        raise ConfigError(f"{dot}{e}") from None
-    except ValueError as e:  # methods raise "field: message"
-        raise ConfigError(f"{dot}{e}") from None
+    except ConfigError as e:  # __post_init__ names the field; the section goes in front
+        raise (e.under(prefix) if prefix else e) from None
+    except ValueError as e:
+        raise ConfigError(str(e), key=prefix or None) from None
 
 
-def _method_from_dict(data: Any) -> dict[str, Any]:
-    from .methods import METHODS, method_class
+def method_from_dict(data: Any) -> Method:
+    """The method a config's ``method`` section describes (``{name: ..., <options>}``), validated."""
+    from .methods import METHODS, Method, method_class
 
+    if isinstance(data, Method):
+        return data
     if not isinstance(data, dict):
-        raise ConfigError(f"method: expected a mapping with a 'name', got {data!r}")
+        raise ConfigError(f"expected a mapping with a 'name', got {data!r}", key="method")
     options = dict(data)
     name = options.pop("name", "fif")
     if name not in METHODS:
-        raise ConfigError(f"method.name: unknown method {name!r}; choose from {sorted(METHODS)}")
-    method = _from_dict(method_class(name), options, "method")
-    return {"name": name, **method.options()}
+        raise ConfigError(f"unknown method {name!r}; choose from {sorted(METHODS)}", key="method.name")
+    return _from_dict(method_class(name), options, "method")
+
+
+def method_to_dict(method: Method) -> dict[str, Any]:
+    """A method's YAML form: ``{name: ..., <every field>: <value>}``."""
+    import copy
+
+    return {"name": method.name, **copy.deepcopy(method.options())}
 
 
 def config_from_dict(data: dict[str, Any] | None) -> Config:
@@ -539,18 +549,19 @@ def config_from_dict(data: dict[str, Any] | None) -> Config:
         >>> config_from_dict({"method": {"name": "fif", "beta": -1}})
         Traceback (most recent call last):
         ...
-        injflow.errors.ConfigError: method.beta: the reconstruction weight must be >= 0, got a minimum of -1.0
+        injflow.errors.OptionError: method.beta: the reconstruction weight must be >= 0, got a minimum of -1.0
     """
     data = dict(data or {})
-    method = _method_from_dict(data.pop("method", {"name": "fif"}))
+    method = method_from_dict(data.pop("method", {"name": "fif"}))
     config = _from_dict(Config, data)
     config.method = method
     return config
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
-    """The config as plain nested dicts (YAML-serialisable)."""
-    return dataclasses.asdict(config)
+    """The config as plain nested dicts (YAML-serialisable); the method as its name and options."""
+    return {f.name: method_to_dict(config.method) if f.name == "method" else dataclasses.asdict(getattr(config, f.name))
+            for f in dataclasses.fields(config)}
 
 
 # --------------------------------------------------------------------------- YAML and overrides
@@ -584,7 +595,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
-            raise ConfigError(f"{key}: cannot parse value {raw!r}: {e}") from None
+            raise ConfigError(f"cannot parse value {raw!r}: {e}", key=key) from None
         node = data
         parts = key.split(".")
         for i, part in enumerate(parts[:-1]):
@@ -592,7 +603,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             if child is None:
                 child = node[part] = {}
             elif not isinstance(child, dict):
-                raise ConfigError(f"{'.'.join(parts[: i + 1])}: is a value, not a section; cannot set {key}")
+                raise ConfigError(f"is a value, not a section; cannot set {key}", key=".".join(parts[: i + 1]))
             node = child
         node[parts[-1]] = value
     return data
@@ -661,9 +672,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise ConfigError(f"config file {str(path)!r} does not exist")
     with open(path) as f:
         try:
-            data = yaml.safe_load(f) or {}
+            data = yaml.safe_load(f)
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        raise ConfigError(f"{path} is empty: a config needs at least one section (e.g. `data: {{name: sinusoid}}`); "
+                          f"run `injflow fit` without CONFIG for the embedded default")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return config_from_dict(apply_overrides(data, overrides))
@@ -680,18 +694,49 @@ def as_config(config: Config | dict[str, Any] | str | Path | None) -> Config:
     raise TypeError(f"config must be a Config, dict or YAML path, got {type(config).__name__}")
 
 
-def check_dimensions(config: Config, data_shape: tuple[int, ...], method: Any | None = None) -> None:
+def check_dimensions(config: Config, data_shape: tuple[int, ...]) -> None:
     """Rejects impossible sizes once the data shape is known: d ≥ D, or K larger than the trace space."""
-    import math
-
     data_dim = math.prod(data_shape)
     d = config.model.latent_dim
     if d >= data_dim:
-        raise ConfigError(
-            f"model.latent_dim: an injective flow needs d < D, got d={d} for data of shape {tuple(data_shape)} (D={data_dim})"
-        )
-    method = method if method is not None else config.build_method()
+        raise ConfigError(f"an injective flow needs d < D, got d={d} for data of shape {tuple(data_shape)} (D={data_dim})",
+                          key="model.latent_dim")
     try:
-        method.check(latent_dim=d, data_dim=data_dim)
-    except ValueError as e:
-        raise ConfigError(f"method.{e}") from None
+        config.method.check(latent_dim=d, data_dim=data_dim)
+    except ConfigError as e:
+        raise e.under("method") from None
+
+
+#: Keys a resumed run may change: how long it trains, where, how it logs. Everything else shaped the saved state.
+RESUMABLE_KEYS = (
+    "train.max_epochs", "train.max_steps", "train.max_time", "train.stop_after_steps", "train.progress_bar",
+    "train.num_threads", "train.checkpoint_every_n_steps", "train.checkpoint_interval", "train.log_every_n_steps",
+    "train.pictures", "train.plot_every_n_epochs", "train.samplers", "train.gmm_components", "train.accelerator",
+    "train.devices", "train.strategy", "train.num_nodes", "train.check_finite_every_n_steps", "train.compile", "run.",
+    "data.root", "data.download",
+)
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two config dicts (sections compared key by key).
+
+    Example:
+        >>> changed_keys({"train": {"seed": 0, "max_epochs": 5}}, {"train": {"seed": 0, "max_epochs": 9}})
+        ['train.max_epochs']
+    """
+    keys = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        key = f"{prefix}{k}"
+        if isinstance(a, dict) and isinstance(b, dict) and key.count(".") < 1:
+            keys += changed_keys(a, b, f"{key}.")
+        elif a != b:
+            keys.append(key)
+    return keys
+
+
+def lookup_key(d: dict[str, Any], key: str) -> Any:
+    """The value at a dotted key of a config dict (``None`` when absent)."""
+    for part in key.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d

@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "InjflowError",
     "ConfigError",
+    "OptionError",
     "DataError",
     "CheckpointError",
     "UnsafeFileError",
@@ -32,7 +33,37 @@ class InjflowError(Exception):
 
 
 class ConfigError(InjflowError, ValueError):
-    """A config key is unknown, has the wrong type, or an impossible value; the message names the dotted key."""
+    """A config key is unknown, has the wrong type, or an impossible value; the message names the dotted key.
+
+    Arguments:
+        message: What is wrong and what to do.
+        key: The dotted config key at fault (``train.max_epochs``), kept as :attr:`key` so that callers never parse
+            it back out of the message; the message then reads ``"<key>: <message>"``.
+
+    Example:
+        >>> e = ConfigError("must be >= 1, got 0", key="max_epochs").under("train")
+        >>> e.key, str(e)
+        ('train.max_epochs', 'train.max_epochs: must be >= 1, got 0')
+    """
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+        self.reason = message
+
+    def under(self, prefix: str) -> ConfigError:
+        """The same error seen from one section further out (key ``<prefix>.<key>``)."""
+        error = type(self)(self.reason, key=f"{prefix}.{self.key}" if self.key else prefix)
+        error.__cause__ = self.__cause__
+        return error
+
+
+class OptionError(ConfigError):
+    """An option of something a config names (a method's field, a data set's or a network's option) is wrong.
+
+    Raised with the option's own name as :attr:`key`; the config layer puts the section in front
+    (``method.beta``, ``data.options.n_train``) with :meth:`under`.
+    """
 
 
 class DataError(InjflowError, ValueError):

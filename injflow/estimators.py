@@ -38,11 +38,11 @@ __all__ = [
     "sample_noise",
     "vjp",
     "jvp",
-    "jvp_reverse",
     "reverse_jvp_operator",
     "standard_normal_log_prob",
     "volume_change_surrogate",
     "fif_loss",
+    "fif_loss_functional",
     "decoder_jvp_sq_norm",
     "injflow_ln_terms",
     "injflow_terms",
@@ -369,13 +369,6 @@ def reverse_jvp_operator(outputs: Tensor, inputs: Tensor, *, name: str = "functi
     return apply
 
 
-def jvp_reverse(
-    outputs: Tensor, inputs: Tensor, tangent: Tensor, *, create_graph: bool = False, name: str = "function"
-) -> Tensor:
-    """One reverse-mode Jacobian-vector product; see :func:`reverse_jvp_operator`."""
-    return reverse_jvp_operator(outputs, inputs, name=name)(tangent, create_graph=create_graph)
-
-
 def _stopped_jvp(fn: Function, point: Tensor, tangent: Tensor, *, name: str) -> Tensor:
     r"""``fn'(point) @ tangent`` by forward mode, with gradient through ``tangent`` only.
 
@@ -658,6 +651,56 @@ def fif_loss(
         "z": z,
         "x_hat": x_hat,
     }
+
+
+def fif_loss_functional(
+    x: Tensor,
+    encode: Function,
+    decode: Function,
+    eps: Tensor,
+    *,
+    beta: Tensor | float,
+    latent_log_prob: Function | None = None,
+) -> dict[str, Tensor]:
+    r"""FIF's default estimator (FIF eq. 17) written with ``torch.func`` transforms, for compiled training.
+
+    The same loss as :func:`fif_loss` with ``mode="mixed"``, ``trace_space="latent"``, ``jacobian_at="x"``,
+    ``grad_to="encoder"`` and the Hutchinson vectors ``eps`` (K, B, d) given:
+
+    .. math:: \mathcal L = -\log p_Z(z) - 	frac1K\sum_k \epsilon_k^	op f'(x)\,\mathrm{sg}ig(g'(z)\epsilon_kig)
+              + eta\|g(z) - x\|^2,\qquad z = f(x),
+
+    with ``torch.func.vjp`` of the encoder (one forward shared with the NLL) and ``torch.func.jvp`` of the decoder,
+    whose primal output is :math:`\hat x` (App. D.2). ``torch.compile`` traces these transforms whole, which it cannot
+    do for the autograd-based estimator above (forward-mode AD through compiled modules and twice-differentiable
+    compiled backward passes are not supported). Differentiate it with ``torch.func.grad`` over the parameters the
+    closures ``encode``/``decode`` read (see :mod:`injflow.train.compile`); the tests check that its value and
+    gradients equal :func:`fif_loss`'s for the same noise.
+
+    Returns:
+        Per-sample ``loss``, ``nll``, ``reconstruction``, ``surrogate`` and ``latent_sq_norm``.
+
+    Example:
+        >>> enc, dec = torch.nn.Linear(3, 2), torch.nn.Linear(2, 3)
+        >>> x, eps = torch.randn(4, 3), torch.randn(1, 4, 2)
+        >>> sorted(fif_loss_functional(x, enc, dec, eps, beta=10.0))
+        ['latent_sq_norm', 'loss', 'nll', 'reconstruction', 'surrogate']
+    """
+    from torch.func import jvp as func_jvp
+    from torch.func import vjp as func_vjp
+
+    z, encoder_vjp = func_vjp(encode, x)
+    x_hat, surrogate = None, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    for e in eps:  # K Hutchinson samples; the first decoder JVP also yields x̂
+        out, decoder_jvp = func_jvp(decode, (z,), (e,))
+        x_hat = out if x_hat is None else x_hat
+        (eps_f,) = encoder_vjp(e)
+        surrogate = surrogate - (eps_f * decoder_jvp.detach()).flatten(1).sum(1) / eps.shape[0]
+    log_prob = standard_normal_log_prob(z) if latent_log_prob is None else latent_log_prob(z)
+    nll = -log_prob + surrogate
+    reconstruction = (x_hat - x).flatten(1).pow(2).sum(1)
+    return {"loss": nll + beta * reconstruction, "nll": nll, "reconstruction": reconstruction, "surrogate": surrogate,
+            "latent_sq_norm": z.detach().flatten(1).pow(2).sum(1)}
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from .errors import CheckpointError, UnsafeFileError, WriteError
 __all__ = [
     "TEMP_MARK",
     "pid_alive",
+    "writable_folder",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -69,6 +70,28 @@ def _write_error(path: Path, error: OSError) -> WriteError:
     hint = _WRITE_HINTS.get(error.errno, "check the folder and the disk")
     kept = " (the previous file is intact)" if path.exists() else ""
     return WriteError(error.errno or 0, f"cannot write {path}: {error.strerror or error}; {hint}{kept}")
+
+
+def writable_folder(path: str | Path) -> Path:
+    """Creates the folder ``path`` if needed and checks that files can be made in it.
+
+    Raises:
+        WriteError: the folder cannot be created or written (read-only file system, permissions, full disk), in one
+            line naming it.
+
+    Example:
+        >>> import tempfile
+        >>> writable_folder(tempfile.mkdtemp()).is_dir()
+        True
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _write_error(path, e) from e
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise WriteError(errno.EACCES, f"cannot write in {path}: {_WRITE_HINTS[errno.EACCES]}")
+    return path
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:

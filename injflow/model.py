@@ -25,17 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import persistence
 from .devices import full_float32
-from .distributions import LatentDistribution, StandardNormal, build_latent, distribution_from_spec, fit_sampler
-from .errors import CheckpointError
-from .io import atomic_torch_save, load_torch
+from .distributions import LatentDistribution, StandardNormal, fit_sampler
 from .nets.normalization import use_composite_batchnorm
 
-__all__ = ["InjectiveFlow", "DATA_KINDS", "atomic_torch_save"]
-
-FORMAT = "injflow-model"
-FORMAT_VERSION = 2
-CHECKPOINT_FORMAT = "injflow-checkpoint"
+__all__ = ["InjectiveFlow", "DATA_KINDS"]
 #: What the data are; decides the pictures and the sample-quality metric (FID for images, W2 otherwise).
 DATA_KINDS = ("toy", "tabular", "image")
 #: Post-fit samplers are fitted on at most this many training points (a fixed prefix, so every caller agrees).
@@ -167,35 +162,8 @@ class InjectiveFlow(nn.Module):
             >>> flow.latent_dim, flow.data_kind
             (1, 'toy')
         """
-        from .config import as_config, config_to_dict
-        from .nets import build_autoencoder
-        from .nets.conditional import build_conditional_autoencoder
-
-        config = as_config(config)
-        if data_shape is None:
-            from .data import load_dataset
-
-            dc = config.data
-            splits = load_dataset(dc.name, seed=dc.seed, root=dc.root, download=dc.download, **dc.options)
-            data_shape, data_kind, image_shape = splits.data_shape, splits.kind, splits.image_shape
-            num_classes = splits.num_classes if config.model.conditional else None
-        m = config.model
-        if m.conditional:
-            if num_classes is None:
-                raise ValueError("model.conditional is true, so the number of classes is needed (the data set's labels)")
-            encoder, decoder = build_conditional_autoencoder(
-                m.architecture, data_shape=tuple(data_shape), latent_dim=m.latent_dim, num_classes=num_classes, **m.options
-            )
-        else:
-            num_classes = None
-            encoder, decoder = build_autoencoder(m.architecture, data_shape=tuple(data_shape), latent_dim=m.latent_dim,
-                                                 **m.options)
-        latent = build_latent(m.latent.name, m.latent_dim, **m.latent.options)
-        flow = cls(encoder, decoder, latent, data_shape=tuple(data_shape), config=config_to_dict(config),
-                   data_kind=data_kind, image_shape=image_shape, num_classes=num_classes)
-        if prepare:
-            config.build_method().prepare(flow)  # the nets as the config's method trains them (e.g. ae_sn, vae)
-        return flow
+        return persistence.build_flow(cls, config, data_shape=data_shape, data_kind=data_kind, image_shape=image_shape,
+                                      num_classes=num_classes, prepare=prepare)
 
     @property
     def latent_dim(self) -> int:
@@ -224,8 +192,17 @@ class InjectiveFlow(nn.Module):
             raise ValueError(f"class labels must lie in 0..{self.num_classes - 1}, got {int(c.min())}..{int(c.max())}")
         return c.long()
 
+    def _check_input(self, x: Tensor) -> None:
+        """Data of another sample shape get one line naming both shapes (not a matrix-multiplication traceback)."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"expected a torch.Tensor of shape (B, *data_shape), got {type(x).__name__}")
+        if self.data_shape is not None and tuple(x.shape[1:]) != self.data_shape:
+            raise ValueError(f"the data have samples of shape {tuple(x.shape[1:])} (a batch of shape {tuple(x.shape)}), but "
+                             f"this model was made for samples of shape {self.data_shape}")
+
     def encode(self, x: Tensor, c: Tensor | int | None = None) -> Tensor:
         """:math:`z = f(x)` (or :math:`f(x, c)`), shape ``(B, d)``."""
+        self._check_input(x)
         c = self._labels(c, x.shape[0], x.device)
         return self.encoder(x) if c is None else self.encoder(x, c)
 
@@ -293,6 +270,8 @@ class InjectiveFlow(nn.Module):
         Returns:
             Samples of shape ``(n, *data_shape)``, on the model's device.
         """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"the number of samples must be an integer >= 0, got {n!r}")
         dist = self.sampler(sampler)
         device = self.device
         labels = self._labels(c, n, device)
@@ -308,6 +287,7 @@ class InjectiveFlow(nn.Module):
     @torch.no_grad()
     def encode_all(self, x: Tensor, *, batch_size: int = 4096, c: Tensor | None = None) -> Tensor:
         """Encodes a whole split in eval mode, batched, without gradients (on the model's device)."""
+        self._check_input(x)
         device = self.device
         labels = self._labels(c, x.shape[0])
         was_training = self.training
@@ -386,6 +366,7 @@ class InjectiveFlow(nn.Module):
         """
         from .estimators import decoder_log_volume
 
+        self._check_input(x)
         device = self.device
         labels = self._labels(c, x.shape[0])
 
@@ -432,75 +413,16 @@ class InjectiveFlow(nn.Module):
 
     def save(self, path: str | Path) -> Path:
         """Saves weights, latent, post-fit samplers and :meth:`describe` to one file (atomically; tensors and plain
-        data only, so loading it never runs code).
+        data only, so loading it never runs code; :mod:`injflow.persistence`).
 
         Example:
             >>> flow.save("run/model.pt"); flow2 = InjectiveFlow.load("run/model.pt")  # doctest: +SKIP
         """
-        nets = {k: v for k, v in self.state_dict().items() if k.startswith(("encoder.", "decoder."))}
-        blob = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            **self.describe(),
-            "latent": self.latent.spec(),
-            "latent_state": self.latent.state_dict(),
-            "samplers": {k: v.spec() for k, v in self.samplers.items()},
-            "nets": nets,
-        }
-        return atomic_torch_save(blob, path)
-
-    @classmethod
-    def _rebuild(cls, info: dict[str, Any], source: Path, encoder: nn.Module | None, decoder: nn.Module | None,
-                 latent: LatentDistribution | None = None) -> InjectiveFlow:
-        """A model with the architecture ``info`` describes (from its config, or the given custom modules)."""
-        shape = info.get("data_shape")
-        options = dict(data_shape=None if shape is None else tuple(shape), data_kind=info.get("data_kind"),
-                       image_shape=None if info.get("image_shape") is None else tuple(info["image_shape"]),
-                       num_classes=info.get("num_classes"))
-        if encoder is None or decoder is None:
-            if not info.get("config") or info.get("custom_nets"):
-                raise CheckpointError(f"{source} was saved from custom modules: pass encoder= and decoder= to load it")
-            if shape is None:
-                raise CheckpointError(f"{source} does not record the data shape; load it through its run folder")
-            try:
-                built = cls.from_config(info["config"], prepare=not info.get("finalized"), **options)
-            except (ValueError, TypeError) as e:
-                raise CheckpointError(f"{source}: its saved config does not build a model ({e})") from None
-            if latent is None:
-                built.finalized = bool(info.get("finalized"))
-                return built
-            encoder, decoder = built.encoder, built.decoder
-        flow = cls(encoder, decoder, latent, latent_dim=None if latent is not None else _latent_dim(info),
-                   config=info.get("config"), **options)
-        if info.get("config") and not info.get("finalized"):  # the nets as the method trained them (idempotent)
-            from .config import config_from_dict
-
-            config_from_dict(info["config"]).build_method().prepare(flow)
-        flow.finalized = bool(info.get("finalized"))
-        return flow
+        return persistence.save_model(self, path)
 
     def load_nets(self, state: dict[str, Tensor], *, source: str | Path, prefix: str = "") -> InjectiveFlow:
-        """Loads encoder/decoder(/latent) weights from ``state`` (keys under ``prefix``); a mismatch names ``source``.
-
-        Post-fit sampler entries are ignored (they are fitted after training and saved in ``model.pt``).
-        """
-        state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-        state = {k: v for k, v in state.items() if not k.startswith("samplers.")}
-        try:
-            result = self.load_state_dict(state, strict=False)
-        except RuntimeError as e:  # size mismatch: another architecture or another data shape
-            first = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e)
-            raise CheckpointError(
-                f"{source} does not fit this model ({first.strip()[:200]}): it was trained with another architecture, "
-                f"latent dimension or data shape"
-            ) from None
-        missing = [k for k in result.missing_keys if k.startswith(("encoder.", "decoder."))]
-        if missing or result.unexpected_keys:
-            raise CheckpointError(
-                f"{source} does not match the model (missing: {missing[:4]}, unexpected: {list(result.unexpected_keys)[:4]}): "
-                f"it was trained with another architecture or config"
-            )
-        return self
+        """Loads encoder/decoder(/latent) weights from ``state`` (keys under ``prefix``); a mismatch names ``source``."""
+        return persistence.load_nets(self, state, source=source, prefix=prefix)
 
     @classmethod
     def load(
@@ -511,32 +433,13 @@ class InjectiveFlow(nn.Module):
         Arguments:
             path: The file.
             encoder, decoder: Your own modules (same architecture as when saved) for models not built from a config.
-            map_location: Passed to ``torch.load``.
+            map_location: Where the model goes (``"cpu"``, ``"cuda"``, ...): nets, latent and samplers alike.
 
         Raises:
             CheckpointError: the file is not an injflow model, is corrupt, or does not fit the given modules.
             UnsafeFileError: the file would run code when unpickled (never loaded).
         """
-        path = Path(path)
-        blob = load_torch(path, what="model file", map_location=map_location)
-        if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-            raise CheckpointError(f"{path} is not an injflow model file (use a run's model.pt, or load a checkpoint "
-                                  f"with InjectiveFlow.load_from_checkpoint)")
-        try:
-            latent = distribution_from_spec(blob["latent"])
-            latent.load_state_dict(blob["latent_state"])
-            samplers = {name: distribution_from_spec(spec) for name, spec in blob.get("samplers", {}).items()}
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"{path}: its latent or sampler entries are damaged ({e})") from None
-        info = dict(blob)
-        info["custom_nets"] = not blob.get("config")
-        flow = cls._rebuild(info, path, encoder, decoder, latent)
-        flow.load_nets(blob["nets"], source=path)
-        for name, sampler in samplers.items():
-            flow.samplers[name] = sampler
-        # The model is built on the CPU and the loaded tensors copied in: move all of it (nets, latent, samplers,
-        # buffers) to where map_location put them.
-        return flow.to(_loaded_device(blob["nets"]))
+        return persistence.load_model(cls, path, encoder=encoder, decoder=decoder, map_location=map_location)
 
     @classmethod
     def load_from_checkpoint(
@@ -547,32 +450,12 @@ class InjectiveFlow(nn.Module):
         Checkpoints carry the config, data shape and kind (see :meth:`describe`); post-fit samplers are not in
         checkpoints (they are fitted after training, see :meth:`fit_samplers`).
         """
-        path = Path(path)
-        blob = load_torch(path, what="checkpoint", map_location=map_location)
-        info = blob.get("injflow") if isinstance(blob, dict) else None
-        if not isinstance(blob, dict) or "state_dict" not in blob:
-            raise CheckpointError(f"{path} is not a training checkpoint (no state_dict)")
-        if not isinstance(info, dict) or info.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{path} was written by an older injflow and does not describe its model: load it "
-                                  f"through its run folder (injflow.api.load(RUN, checkpoint='last'))")
-        flow = cls._rebuild(info, path, encoder, decoder)
-        flow.load_nets(blob["state_dict"], source=path, prefix="flow.")
-        return flow.to(_loaded_device(blob["state_dict"]))
+        return persistence.load_checkpoint_model(cls, path, encoder=encoder, decoder=decoder, map_location=map_location)
 
     def extra_repr(self) -> str:
         shape = "?" if self.data_shape is None else "x".join(map(str, self.data_shape))
         extra = f", num_classes={self.num_classes}" if self.conditional else ""
         return f"data_shape={shape}, latent_dim={self.latent_dim}, kind={self.data_kind}{extra}"
-
-
-def _loaded_device(state: dict[str, Any]) -> torch.device:
-    """The device ``torch.load``'s ``map_location`` put a state dict's tensors on (the CPU for an empty one)."""
-    return next((v.device for v in state.values() if isinstance(v, Tensor)), torch.device("cpu"))
-
-
-def _latent_dim(info: dict[str, Any]) -> int | None:
-    config = info.get("config") or {}
-    return (config.get("model") or {}).get("latent_dim")
 
 
 class _Label:

@@ -362,7 +362,7 @@ def draw_run_pictures(flow: Any, data: Any, run: Any, *, seed: int | None = None
 
     Arguments:
         flow: The trained :class:`~injflow.model.InjectiveFlow`.
-        data: The run's :class:`~injflow.train.runner.RunData` (its ``kind`` decides the pictures).
+        data: The run's :class:`~injflow.data.DataSplits` (its ``kind`` decides the pictures).
         run: The :class:`~injflow.rundir.RunDir`.
         seed: Sampling seed (default: the run's ``train.seed``).
     """

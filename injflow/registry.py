@@ -28,6 +28,8 @@ import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
+from .errors import OptionError
+
 __all__ = ["Registry"]
 
 T = TypeVar("T", bound=Callable[..., Any])
@@ -125,14 +127,13 @@ class Registry(Generic[T]):
         return {k: v for k, v in params.items() if k not in self.reserved and k not in fixed}
 
     def check_options(self, name: str, options: dict[str, Any]) -> None:
-        """Raises ``ValueError`` naming the first unknown option and listing the accepted ones."""
+        """Raises :class:`~injflow.errors.OptionError` (a ``ValueError``) keyed by the first unknown option, listing the
+        accepted ones."""
         allowed = self.options(name)
         unknown = sorted(set(options) - set(allowed))
         if unknown:
-            raise ValueError(
-                f"unknown option(s) {', '.join(map(repr, unknown))} for {self.kind} {self.key(name)!r}; "
-                f"it accepts: {', '.join(sorted(allowed)) or '(none)'}"
-            )
+            raise OptionError(f"unknown option {unknown[0]!r} for {self.kind} {self.key(name)!r}; it accepts: "
+                              f"{', '.join(sorted(allowed)) or '(none)'}", key=unknown[0])
 
     def build(self, name: str, *args: Any, **options: Any) -> Any:
         """Checks ``options`` (all but the reserved ones) and calls the factory with ``args``, the preset and ``options``."""

@@ -34,8 +34,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import RunFolderError, RunLockedError, UnfinishedRunError
-from .io import atomic_write_json, atomic_write_text, remove_stale_temp_files
+from .errors import RunFolderError, RunLockedError, UnfinishedRunError, WriteError
+from .io import atomic_write_json, atomic_write_text, remove_stale_temp_files, writable_folder
 
 if TYPE_CHECKING:
     from .config import Config
@@ -59,8 +59,12 @@ class RunLock:
     def acquire(self) -> RunLock:
         import fcntl
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        writable_folder(self.path.parent)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # a read-only folder or file system: one line, as every other write
+            raise WriteError(e.errno or 0, f"cannot create the lock file {self.path}: {e.strerror or e}; choose a "
+                                           f"folder you can write to (run.dir=...)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -118,6 +122,9 @@ class RunDir:
     CONFIG = "config.yaml"
     STATUS = "status.json"
     MODEL = "model.pt"
+    #: Everything injflow writes into a run folder: what an explicit overwrite clears (other files are left alone).
+    ARTEFACTS = ("config.yaml", "status.json", "checkpoints", "metrics.csv", "tensorboard", "plots", "model.pt", "samples",
+                 "eval", "metrics.json", "report.html", "report.md", "report_files")
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -203,15 +210,13 @@ class RunDir:
         return atomic_write_json(self.status_file, status)
 
     def status(self) -> dict[str, Any]:
-        """The recorded status; for folders from before ``status.json``: ``completed`` if ``model.pt`` exists.
+        """The recorded status.
 
-        A ``running`` run whose process is gone is reported as ``interrupted`` (reason: the process was killed).
+        A ``running`` run whose process is gone is reported as ``interrupted`` (reason: the process was killed); a
+        folder without ``status.json`` (killed between writing its config and its status) as ``failed``.
         """
         if not self.status_file.is_file():
-            if self.model.is_file():
-                return {"state": "completed", "legacy": True}
-            return {"state": "interrupted" if self.last_checkpoint.is_file() else "failed", "legacy": True,
-                    "reason": "no status.json and no model.pt (written by an older injflow, or stopped early)"}
+            return {"state": "failed", "reason": "no status.json: the run stopped before training started"}
         try:
             status = json.loads(self.status_file.read_text())
         except (OSError, ValueError):
@@ -251,14 +256,36 @@ class RunDir:
 
     # ------------------------------------------------------------------ writing
 
+    def check_unlocked(self) -> None:
+        """Raises :class:`~injflow.errors.RunLockedError` naming the holder when another process holds the lock."""
+        if self.lock_file.exists():
+            self.lock("probe").acquire().release()
+
     def lock(self, purpose: str = "fit") -> RunLock:
         """The folder's exclusive lock (use as a context manager); a second writer gets RunLockedError."""
         return RunLock(self.lock_file, purpose)
 
     def open_for_writing(self) -> list[Path]:
         """Creates the folder and removes temporary files left by a killed writer; returns what was removed."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        writable_folder(self.path)
         return remove_stale_temp_files(self.path)
+
+    def clear(self) -> list[Path]:
+        """Deletes the folder's injflow artefacts (:attr:`ARTEFACTS`: model, checkpoints, logs, metrics, pictures,
+        reports) so a new run starts clean; other files stay. Returns what was deleted. The caller holds the lock."""
+        import shutil
+
+        removed = []
+        for name in self.ARTEFACTS:
+            target = self.path / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+            else:
+                continue
+            removed.append(target)
+        return removed
 
     def write_json(self, path: str | Path, obj: Any) -> Path:
         """Writes JSON atomically at ``path``, one of this folder's paths (e.g. :attr:`metrics_json`).

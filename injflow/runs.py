@@ -16,24 +16,14 @@ from typing import Any
 import torch
 
 from .config import Config
+from .errors import CheckpointError
+from .io import writable_folder
+from .loading import ensure_samplers, load_run, load_run_data
 from .model import InjectiveFlow
 from .rundir import RunDir
+from .threads import limit_threads
 
 __all__ = ["load_run", "sample_run", "evaluate_run", "method_terms", "report_runs"]
-
-
-def load_run(run: str | Path, *, checkpoint: str | None = None, device: str | torch.device = "cpu",
-             samplers: bool = True) -> tuple[RunDir, Config, InjectiveFlow]:
-    """The folder, its config and its model (on ``device``); with ``samplers``, the config's post-fit samplers are
-    fitted where the model lacks them (a model from a checkpoint), exactly as ``fit`` fits them."""
-    from .train.runner import ensure_samplers, load_run_data, load_run_model
-
-    folder = RunDir(run).require_run()
-    config = folder.read_config()
-    flow = load_run_model(folder.path, checkpoint=checkpoint)
-    if samplers and any(name not in flow.samplers for name in config.train.samplers):
-        ensure_samplers(flow, load_run_data(config), config)
-    return folder, config, flow.to(torch.device(device))
 
 
 def sample_run(
@@ -63,8 +53,9 @@ def sample_run(
     """
     from .io import atomic_torch_save
     from .plots import plot_samples
-    from .train.runner import ensure_samplers, load_run_data
 
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"the number of samples must be an integer >= 1, got {n!r} (--n)")
     folder, config, flow = load_run(run, checkpoint=checkpoint, device=device, samplers=False)
     if sampler != "prior" and sampler not in flow.samplers:
         ensure_samplers(flow, load_run_data(config), config, names=[sampler])
@@ -90,8 +81,9 @@ def method_terms(config: Config, flow: InjectiveFlow, x: torch.Tensor, c: torch.
                  batch_size: int) -> dict[str, float]:
     """The run's own loss terms (means over ``x``) at its last step, in evaluation mode with seeded noise, so that
     any two methods can be compared on the same split (reconstruction, latent statistics and these)."""
-    method = config.build_method()
-    method.total_steps = max(step, 1)
+    from .methods import Clock
+
+    method, clock = config.method, Clock(step, max(step, 1))
     device = flow.device
     sums: dict[str, float] = {}
     was_training = flow.training
@@ -103,13 +95,29 @@ def method_terms(config: Config, flow: InjectiveFlow, x: torch.Tensor, c: torch.
                 batch = x[i: i + batch_size].to(device)
                 labels = None if c is None or not flow.conditional else c[i: i + batch_size].to(device)
                 with torch.enable_grad():  # the estimators differentiate through the nets
-                    terms = method.loss(batch, step, flow.given(labels))
+                    terms = method.loss(batch, clock, flow.given(labels))
                 for k, v in terms.items():
                     v = v.detach()
                     sums[k] = sums.get(k, 0.0) + float(v.sum() if v.ndim else v * batch.shape[0])
     finally:
         flow.train(was_training)
     return {k: v / x.shape[0] for k, v in sums.items()}
+
+
+def _finalized_away(config: Config, flow: InjectiveFlow) -> str | None:
+    """Why the method's own terms cannot be computed on ``flow`` (``None`` when they can).
+
+    A finished run's ``model.pt`` holds the nets its method's ``finalize`` exported (e.g. a VAE's mean encoder,
+    without the posterior variance its KL needs; AE+SN's weights with the spectral norm baked in); the training nets
+    are in the run's checkpoints.
+    """
+    from .methods import Method
+
+    method = config.method
+    if flow.finalized and type(method).finalize is not Method.finalize:
+        return (f"{method.name}: model.pt holds the exported plain nets, not the ones its loss terms need; "
+                f"`injflow evaluate RUN --checkpoint last` computes them on the training nets")
+    return None
 
 
 def evaluate_run(
@@ -146,30 +154,43 @@ def evaluate_run(
     """
     from .io import load_torch
     from .metrics import EvalOptions, ReferenceStatsCache, evaluate_flow
-    from .train.runner import load_run_data
 
-    folder, config, flow = load_run(run, checkpoint=checkpoint, device=device)
+    folder = RunDir(run).require_run()
+    writable_folder(folder.path)  # a read-only run folder is one line now, not a traceback after the metrics
+    config = folder.read_config()
     data = load_run_data(config)
-    x, c = data.split(split)
-    if x is None:
-        raise ValueError(f"the data set {config.data.name!r} has no {split} split")
-    if max_samples:
-        x, c = x[:max_samples], None if c is None else c[:max_samples]
-    seed = config.train.seed if seed is None else seed
-    eval_options = EvalOptions(seed=seed, cache=ReferenceStatsCache(fid_cache) if fid_cache else None, **options)
-    log = print if verbose else None
-    evaluation = evaluate_flow(flow, x, kind=data.kind, out_dir=folder.eval, split=split, dataset=config.data.name,
-                               c=c if flow.conditional else None, options=eval_options, log=log)
-    status = folder.status()
-    step = status.get("step")
-    source = folder.checkpoint(checkpoint) if checkpoint is not None else folder.last_checkpoint
-    if (checkpoint is not None or step is None) and source.is_file():
-        step = load_torch(source, what="checkpoint").get("global_step", 0)
-    step = int(step or 0)
-    metrics: dict[str, Any] = {"run": str(folder.path), **evaluation.metrics}
-    if checkpoint is not None:
-        metrics["checkpoint"] = {"which": checkpoint, "step": step, "state": status["state"]}
-    metrics["method_terms"] = method_terms(config, flow, x, c, step=step, seed=seed, batch_size=eval_options.batch_size)
+    _, _, flow = load_run(folder.path, checkpoint=checkpoint, device=device, samplers=False)
+    if flow.data_shape is not None and tuple(flow.data_shape) != tuple(data.data_shape):
+        raise CheckpointError(f"the model of {folder.path} was made for samples of shape {tuple(flow.data_shape)}, but "
+                              f"the run's data set {config.data.name!r} has samples of shape {tuple(data.data_shape)}: "
+                              f"put the run's own model.pt back or retrain")
+    with limit_threads(config.train.num_threads):  # the GMM fit and the metrics stay within the run's threads
+        ensure_samplers(flow, data, config)
+        x, c = data.split(split)
+        if x is None:
+            raise ValueError(f"the data set {config.data.name!r} has no {split} split")
+        if max_samples:
+            x, c = x[:max_samples], None if c is None else c[:max_samples]
+        seed = config.train.seed if seed is None else seed
+        eval_options = EvalOptions(seed=seed, cache=ReferenceStatsCache(fid_cache) if fid_cache else None, **options)
+        log = print if verbose else None
+        evaluation = evaluate_flow(flow, x, kind=data.kind, out_dir=folder.eval, split=split, dataset=config.data.name,
+                                   c=c if flow.conditional else None, options=eval_options, log=log)
+        status = folder.status()
+        step = status.get("step")
+        source = folder.checkpoint(checkpoint) if checkpoint is not None else folder.last_checkpoint
+        if (checkpoint is not None or step is None) and source.is_file():
+            step = load_torch(source, what="checkpoint").get("global_step", 0)
+        step = int(step or 0)
+        metrics: dict[str, Any] = {"run": str(folder.path), **evaluation.metrics}
+        if checkpoint is not None:
+            metrics["checkpoint"] = {"which": checkpoint, "step": step, "state": status["state"]}
+        unavailable = _finalized_away(config, flow)
+        if unavailable:
+            metrics["method_terms"], metrics["method_terms_unavailable"] = {}, unavailable
+        else:
+            metrics["method_terms"] = method_terms(config, flow, x, c, step=step, seed=seed,
+                                                   batch_size=eval_options.batch_size)
     folder.write_json(folder.metrics_json, metrics)
     if verbose:
         print(json.dumps({k: v for k, v in metrics.items() if k not in ("latent", "spectrum", "figures")}, indent=2))
@@ -182,6 +203,13 @@ def evaluate_run(
 def report_runs(runs: list[str | Path], *, out: str | Path | None = None, title: str | None = None) -> tuple[Path, Path]:
     """Writes a self-contained HTML report and its Markdown twin for one run or a comparison of several."""
     from .metrics.report import write_report
+
+    for r in runs:  # a folder that is not a run gets no report files written into it
+        RunDir(r).require_run()
+    if out is not None:
+        writable_folder(out)
+    elif len(runs) == 1:
+        writable_folder(runs[0])
 
     html_path, md_path = write_report(list(runs), out, title=title)
     print(f"[injflow] report -> {html_path}\n[injflow] markdown -> {md_path}")

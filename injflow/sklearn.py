@@ -118,7 +118,8 @@ class InjectiveFlowEstimator(TransformerMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any = None) -> InjectiveFlowEstimator:
         """Trains on the rows of ``X`` (``y`` is ignored); returns ``self``."""
-        from .train.runner import RunData, fit_config
+        from .data import DataSplits
+        from .train.runner import fit_config
 
         x = self._as_tensor(X, reset=True)
         config = self._config()
@@ -127,7 +128,7 @@ class InjectiveFlowEstimator(TransformerMixin, BaseEstimator):
             run_dir = Path(self._tmp) / "run"
         else:
             run_dir = Path(self.run_dir)
-        result = fit_config(config, run_dir=run_dir, data=RunData(x, kind="tabular"), verbose=self.verbose)
+        result = fit_config(config, run_dir=run_dir, data=DataSplits("array", "tabular", x), verbose=self.verbose)
         self.flow_ = result.flow.eval()
         self.run_dir_ = run_dir
         return self

@@ -28,6 +28,7 @@ from injflow.methods import (
     VAE,
     WAEMMD,
     BetaVAE,
+    Clock,
     GaussianEncoder,
     build_method,
 )
@@ -91,12 +92,12 @@ def decoder_sq_norm(model):
 
 
 def test_every_baseline_is_registered_and_builds_from_a_config():
-    from injflow.train.config import config_from_dict
+    from injflow.config import config_from_dict, config_to_dict
 
     for name in BASELINES:
         assert name in METHODS
         config = config_from_dict({"method": {"name": name}})
-        assert config.build_method().options() == {k: v for k, v in config.method.items() if k != "name"}
+        assert config_to_dict(config)["method"] == {"name": name, **config.method.options()}
 
 
 @pytest.mark.parametrize(
@@ -148,10 +149,16 @@ def test_every_method_reports_the_core_terms(model_and_batch, name):
             inner_layers=2, inner_hidden_features=(8,))
         model.to(DTYPE)
     method = build_method(name)
-    method.total_steps = 10  # as the engine sets it (Trumpet's stage switch is a fraction of the run)
+    clock = Clock(0, total_steps=10)  # as the engine hands it (Trumpet's stage switch is a fraction of the run)
     getattr(method, "prepare", lambda m: None)(model)
+    if name in ("vae", "beta_vae"):
+        # Their reconstruction is at the sampled code z ~ q(z|x) (methods/vae.py); with q collapsed onto its mean
+        # (variance e^-60) it is the deterministic ‖g(f(x)) − x‖² of the other methods.
+        with torch.no_grad():
+            model.encoder.log_variance_head.weight.zero_()
+            model.encoder.log_variance_head.bias.fill_(-60.0)
     model.eval()  # spectral norm's power iteration would otherwise move the weights between the two passes
-    out = method.loss(x, 0, model)
+    out = method.loss(x, clock, model)
     for key in ("loss", "reconstruction", "latent_sq_norm"):
         assert out[key].shape == (8,), key
     assert torch.allclose(out["reconstruction"], rec(model, x))
@@ -292,6 +299,7 @@ def test_rae_gp_penalty_is_the_decoder_jacobian_at_the_code(model_and_batch, tra
 
 
 def test_vae_prepare_attaches_a_posterior_variance_and_finalize_removes_it(model_and_batch):
+    """One trunk, two heads: the log-variance head reads the 16 hidden features the mean's Linear(16, 2) reads."""
     model, x = model_and_batch
     encoder = model.encoder
     method = VAE()
@@ -300,11 +308,16 @@ def test_vae_prepare_attaches_a_posterior_variance_and_finalize_removes_it(model
     method.prepare(model)
     method.prepare(model)  # idempotent
     assert isinstance(model.encoder, GaussianEncoder) and model.encoder.mean_net is encoder
+    head = model.encoder.log_variance_head
+    assert (head.in_features, head.out_features) == (16, 2)
     mean, log_var = model.encoder.posterior(x)
-    assert model.encode(x).shape == (8, 2) and torch.allclose(mean, encoder(x))
-    assert torch.allclose(log_var, torch.zeros_like(log_var))  # zero-initialised head: q = N(μ, I) at the start
+    hidden = torch.tanh(encoder[0](x))  # the trunk, by hand
+    assert torch.equal(mean, encoder(x)) and model.encode(x).shape == (8, 2)
+    assert torch.allclose(log_var, hidden @ head.weight.T + head.bias, atol=1e-12)
     names = {n for n, _ in model.named_parameters()}
-    assert any(n.startswith("encoder.log_variance_net.") for n in names)  # trained by the engine's optimiser
+    assert {n for n in names if n.startswith("encoder.")} == {  # trained by the engine's optimiser; no second trunk
+        "encoder.mean_net.0.weight", "encoder.mean_net.0.bias", "encoder.mean_net.2.weight", "encoder.mean_net.2.bias",
+        "encoder.log_variance_head.weight", "encoder.log_variance_head.bias"}
     method.finalize(model)
     assert model.encoder is encoder
 
@@ -316,18 +329,34 @@ def test_vae_loss_is_the_negative_elbo_with_a_gaussian_decoder(model_and_batch):
     method = VAE(sigma=0.7)
     method.prepare(model)
     with torch.no_grad():  # a non-trivial posterior variance
-        model.encoder.log_variance_net[1].bias.copy_(torch.tensor([-1.0, 0.5]))
+        model.encoder.log_variance_head.bias.copy_(torch.tensor([-1.0, 0.5]))
     torch.manual_seed(5)
     out = method.loss(x, 0, model)
     torch.manual_seed(5)
-    mean, log_var = model.encoder.posterior(x)
+    hidden = torch.tanh(model.encoder.mean_net[0](x))
+    mean, log_var = model.encoder.mean_net[2](hidden), model.encoder.log_variance_head(hidden)
     q = Normal(mean, (0.5 * log_var).exp())
     z = mean + q.stddev * torch.randn_like(mean)
     expected_nll = -Normal(model.decode(z), 0.7).log_prob(x).sum(1)
     kl = kl_divergence(q, Normal(torch.zeros_like(mean), 1.0)).sum(1)
     assert torch.allclose(out["kl"], kl) and torch.allclose(out["expected_nll"], expected_nll)
     assert torch.allclose(out["loss"], expected_nll + kl)
-    assert torch.allclose(out["reconstruction"], (model.decode(mean) - x).pow(2).sum(1))
+    # The reconstruction term is the loss's own decoder output, at the sampled code (no pass at the mean).
+    assert torch.allclose(out["reconstruction"], (model.decode(z) - x).pow(2).sum(1))
+    assert not torch.allclose(out["reconstruction"], (model.decode(mean) - x).pow(2).sum(1))
+    assert torch.allclose(out["latent_sq_norm"], mean.pow(2).sum(1))
+
+
+def test_vae_loss_runs_the_trunk_and_the_decoder_once(model_and_batch):
+    """No second encoder copy and no extra decoder pass only for logging: one call of each per loss."""
+    model, x = model_and_batch
+    method = BetaVAE(beta=0.01)
+    method.prepare(model)
+    calls = {"trunk": 0, "decoder": 0}
+    model.encoder.mean_net[0].register_forward_hook(lambda *a: calls.__setitem__("trunk", calls["trunk"] + 1))
+    model.decoder.register_forward_hook(lambda *a: calls.__setitem__("decoder", calls["decoder"] + 1))
+    method.loss(x, 0, model)
+    assert calls == {"trunk": 1, "decoder": 1}
 
 
 @pytest.mark.parametrize("sigma", [1.0, 0.1, 0.05])
@@ -342,7 +371,7 @@ def test_beta_vae_beta_is_the_decoder_variance(model_and_batch, sigma):
     v = vae.loss(x, 0, model)
     const = 0.5 * 5 * math.log(2 * math.pi * sigma**2)
     assert torch.allclose(b["loss"], sigma**2 * (v["loss"] - const), atol=1e-12)
-    assert torch.allclose(b["loss"], 0.5 * b["sampled_reconstruction"] + sigma**2 * b["kl"])
+    assert torch.allclose(b["loss"], 0.5 * b["reconstruction"] + sigma**2 * b["kl"])
 
 
 def test_beta_vae_beta_schedule_and_non_gaussian_prior(model_and_batch):
@@ -359,7 +388,7 @@ def test_beta_vae_beta_schedule_and_non_gaussian_prior(model_and_batch):
     z = mean + (0.5 * log_var).exp() * eps
     log_q = torch.distributions.Normal(mean, (0.5 * log_var).exp()).log_prob(z).sum(1)
     assert torch.allclose(out["kl"], log_q - model.latent.log_prob(z))
-    assert torch.allclose(out["loss"], 0.5 * out["sampled_reconstruction"] + 0.005 * out["kl"])
+    assert torch.allclose(out["loss"], 0.5 * out["reconstruction"] + 0.005 * out["kl"])
 
 
 # ------------------------------------------------------------------------------------------------ WAE-MMD
@@ -511,7 +540,7 @@ def test_prepared_methods_train_through_the_engine(tmp_path, name):
     """What the engine will do with the hooks: prepare → fit (with EMA, which deep-copies the nets) → finalize →
     save/load a plain model. A few seconds."""
     from injflow.api import load, train
-    from injflow.train.model import InjectiveFlow
+    from injflow.model import InjectiveFlow
 
     x = manifold_data(1024)
     enc = nn.Sequential(nn.Linear(5, 32), nn.Tanh(), nn.Linear(32, 2))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from injflow.cli import main
-from injflow.train.config import ConfigError, default_config_path, load_config
+from injflow.config import ConfigError, default_config_path, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = [
@@ -24,7 +24,7 @@ FAST = [
 def test_default_config_is_shipped_and_valid():
     assert default_config_path().read_text() == (REPO / "configs" / "default.yaml").read_text()
     cfg = load_config(None)
-    assert cfg.method["name"] == "fif" and cfg.data.name == "sinusoid" and cfg.model.latent_dim == 1
+    assert cfg.method.name == "fif" and cfg.data.name == "sinusoid" and cfg.model.latent_dim == 1
 
 
 @pytest.mark.parametrize(
@@ -57,7 +57,7 @@ def test_config_errors_name_key():
         load_config(None, ["train.max_epochs=1.5"])
     assert load_config(None, ["optim.lr=1e-4"]).optim.lr == 1e-4  # YAML's "1e-4" string is accepted as float
     cfg = load_config(None, ["method.beta={schedule: linear, start: 20, end: 40}"])
-    assert cfg.build_method().weight("beta", 0) == 20.0
+    assert cfg.method.weight("beta", 0) == 20.0
 
 
 @pytest.mark.parametrize("cmd", ["fit", "sample", "evaluate"])
@@ -133,7 +133,7 @@ _NAN_ON_ONE_RANK = """
 import dataclasses, sys
 import torch
 import injflow.api as inj
-from injflow.methods import register_method
+from injflow.methods import Clock, register_method
 from injflow.methods.ae import AE
 
 
@@ -142,7 +142,7 @@ from injflow.methods.ae import AE
 class NanOnRank1(AE):
     def loss(self, batch, step, model):
         terms = super().loss(batch, step, model)
-        if step == 2 and torch.distributed.is_initialized() and torch.distributed.get_rank() == 1:
+        if Clock.of(step).step == 2 and torch.distributed.is_initialized() and torch.distributed.get_rank() == 1:
             terms["loss"] = terms["loss"] * float("nan")
         return terms
 
@@ -175,7 +175,7 @@ import dataclasses, sys
 import torch
 import injflow.api as inj
 from injflow import estimators
-from injflow.methods import register_method
+from injflow.methods import Clock, register_method
 from injflow.methods.fif import FIF
 
 
@@ -183,7 +183,7 @@ from injflow.methods.fif import FIF
 @dataclasses.dataclass
 class NanInputOnRank1(FIF):
     def loss(self, batch, step, model):
-        if step == 2 and torch.distributed.is_initialized() and torch.distributed.get_rank() == 1:
+        if Clock.of(step).step == 2 and torch.distributed.is_initialized() and torch.distributed.get_rank() == 1:
             batch = batch.clone()
             batch[3, 0] = float("nan")
         return super().loss(batch, step, model)
@@ -222,7 +222,7 @@ def test_evaluate_falls_back_to_checkpoints_and_rejects_bad_ones(tmp_path, capsy
     """Without model.pt the run is unfinished (refused, naming the step) unless a checkpoint is asked for; a corrupt or
     mismatched checkpoint gets an error naming it."""
     from injflow.errors import CheckpointError, UnfinishedRunError
-    from injflow.train.runner import load_run_model
+    from injflow.loading import load_run_model
 
     run = tmp_path / "run"
     assert main(["fit", "--set", *FAST, "train.max_epochs=1", "train.samplers=[]", f"run.dir={run}"]) == 0

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from injflow.cli import main
+from injflow.config import load_config
 from injflow.estimators import decoder_log_volume, fif_loss
 from injflow.model import InjectiveFlow
 from injflow.nets.conditional import build_conditional_autoencoder
-from injflow.train import fit_config, load_config
+from injflow.train import fit_config
 
 FAST = ["train.max_epochs=2", "train.progress_bar=false", "train.num_threads=1", "train.pictures=false",
         "train.samplers=[gaussian]", "data.batch_size=128"]

@@ -125,7 +125,8 @@ def test_training_steps_do_not_synchronise(variant, tmp_path, monkeypatch):
     """Ten mid-epoch FIF steps (data, loss, backward, Adam, the engine's hooks) make no host synchronisation, and the
     batches are cut on the device. Step logging and the non-finite read are spaced out beyond the window here; they
     are the only reads the engine makes (every log_every_n_steps and check_finite_every_n_steps steps)."""
-    from injflow.train import fit_config, load_config
+    from injflow.config import load_config
+    from injflow.train import fit_config
 
     extra = {"mlp": [], "ema": ["train.ema_decay=0.99"], "compiled": ["train.compile=true"]}[variant]
     cfg = load_config(None, [*SYNC_FREE, *extra, f"run.dir={tmp_path / 'run'}"])
@@ -142,9 +143,9 @@ def test_training_steps_do_not_synchronise_on_conv_nets_and_conditional_models(v
     """The same on the Pythae ConvNet (composite BatchNorm; K = 2 orthogonal noise by Gram-Schmidt) and on a
     conditional MLP (labels cut with the batch)."""
     import injflow.api as inj
+    from injflow.config import load_config
     from injflow.methods import FIF
     from injflow.nets.conditional import build_conditional_autoencoder
-    from injflow.train import load_config
 
     torch.manual_seed(0)
     if variant == "convnet-k2":
@@ -173,7 +174,7 @@ def test_cpu_and_gpu_agree_on_losses_gradients_and_exact_nll(net, monkeypatch):
     """The same weights, batch and Hutchinson noise (drawn on the CPU) give the same FIF terms, gradients (BatchNorm in
     training mode) and exact NLL (eval mode, full Jacobians) on both devices, with TF32 off."""
     from injflow import estimators
-    from injflow.train import load_config
+    from injflow.config import load_config
 
     if net == "mlp":
         cfg = load_config(None, [*LINEAR, "method.n_hutchinson=2"])
@@ -184,8 +185,7 @@ def test_cpu_and_gpu_agree_on_losses_gradients_and_exact_nll(net, monkeypatch):
     torch.manual_seed(0)
     cpu = InjectiveFlow.from_config(cfg, data_shape=shape, data_kind=kind, image_shape=shape if kind == "image" else None)
     gpu = copy.deepcopy(cpu).to(DEVICE)
-    method = cfg.build_method()
-    method.total_steps = 100
+    method = cfg.method
     x = torch.rand(32, *shape, generator=torch.Generator().manual_seed(1))
     real = estimators.sample_noise
 
@@ -232,7 +232,8 @@ def _method_names() -> list[str]:
 def test_every_method_trains_on_the_gpu_and_the_model_stays_there(name, tmp_path):
     """Four steps of each method; after fit the model, its latent and its post-fit samplers are on the training device
     (Lightning hands the module back on the CPU), and the losses are finite."""
-    from injflow.train import fit_config, load_config
+    from injflow.config import load_config
+    from injflow.train import fit_config
 
     result = fit_config(load_config(None, [*ENGINE, *_method_overrides(name), f"run.dir={tmp_path}"]), verbose=False)
     assert result.completed and result.global_step == 4
@@ -246,7 +247,8 @@ def test_every_method_trains_on_the_gpu_and_the_model_stays_there(name, tmp_path
 def test_mixed_precision_trains_with_orthogonal_noise_and_conjugate_gradients(name, precision, tmp_path):
     """Half-precision products (autocast) with K = 2 orthogonal samples (drawn in float32) and, for the rectangular flow,
     conjugate gradients in float32 with the format's tolerance: finite losses, CG below its cap of 2d iterations."""
-    from injflow.train import fit_config, load_config
+    from injflow.config import load_config
+    from injflow.train import fit_config
 
     if precision == "16-mixed" and not ON_GPU:
         pytest.skip("16-mixed is a GPU precision")
@@ -284,7 +286,7 @@ def test_fit_evaluate_and_sample_on_the_gpu_agree_with_the_cpu(tmp_path):
 
 def test_load_onto_the_gpu_moves_the_whole_model(tmp_path):
     """map_location puts every tensor of the model there: nets, BatchNorm buffers, latent, post-fit samplers."""
-    from injflow.train import load_config
+    from injflow.config import load_config
 
     cfg = load_config(ROOT / "configs/small/fif-pythae-convnet-mnist.yaml", ["model.latent={name: student_t}"])
     flow = InjectiveFlow.from_config(cfg, data_shape=(1, 28, 28), data_kind="image", image_shape=(1, 28, 28))

@@ -138,7 +138,7 @@ def test_encoder_and_decoder_share_one_set_of_parameters(tmp_path):
     mlp = lambda i, o, hs: sum(a * b + b for a, b in zip((i, *hs), (*hs, o)))  # noqa: E731
     assert n == 10 * mlp(3, 2 * 3, (128,) * 4) + 5 * mlp(1, 2 * 1, (32, 32))
     # Saving and loading the shared net through the engine's model class keeps f ∘ g = id.
-    from injflow.train.model import InjectiveFlow
+    from injflow.model import InjectiveFlow
 
     flow = InjectiveFlow(f, g, latent_dim=2, data_shape=(6,))
     flow.save(tmp_path / "m.pt")

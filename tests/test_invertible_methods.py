@@ -14,7 +14,7 @@ from torch.autograd.functional import jacobian
 
 from injflow import estimators as E
 from injflow.distributions import StandardNormal
-from injflow.methods import DNF, FIF, RectangularNF, Trumpet, build_method
+from injflow.methods import DNF, FIF, Clock, RectangularNF, Trumpet, build_method
 from injflow.nets import build_autoencoder
 
 DTYPE = torch.float64
@@ -156,13 +156,12 @@ def test_trumpet_stages_train_disjoint_parameters(arch):
     model = Model(arch, (6,), 2, **options)
     x = torch.randn(8, 6, dtype=DTYPE)
     method = Trumpet(manifold_fraction=0.3)
-    method.total_steps = 10
-    assert [method.stage(s) for s in (0, 2, 3, 9)] == [1, 1, 2, 2]
+    assert [method.stage(Clock(s, total_steps=10)) for s in (0, 2, 3, 9)] == [1, 1, 2, 2]
     net = model.net
     inner = {id(p) for p in net.inner.parameters()}
     injective = [p for p in model.parameters() if id(p) not in inner]
     for step, trained, frozen in ((0, injective, list(net.inner.parameters())), (5, list(net.inner.parameters()), injective)):
-        out = method.loss(x, step, model)
+        out = method.loss(x, Clock(step, total_steps=10), model)
         grads = torch.autograd.grad(out["loss"].sum(), list(model.parameters()), allow_unused=True)
         by_id = {id(p): g for p, g in zip(model.parameters(), grads)}
         assert all(by_id[id(p)] is None for p in frozen)  # no gradient at all, so Adam leaves them alone
@@ -172,17 +171,19 @@ def test_trumpet_stages_train_disjoint_parameters(arch):
     u = net.project(x)
     x_hat = net.lift(u)
     stage1 = (x_hat - x).pow(2).mean(1) + (net.project(x_hat) - u).pow(2).mean(1)
-    assert torch.allclose(method.loss(x, 0, model)["loss"], stage1, atol=1e-10)
+    assert torch.allclose(method.loss(x, Clock(0, total_steps=10), model)["loss"], stage1, atol=1e-10)
     z, ld = net.inner.forward_and_log_det(u)
-    assert torch.allclose(method.loss(x, 5, model)["loss"], -StandardNormal(2).log_prob(z) - ld, atol=1e-10)
+    assert torch.allclose(method.loss(x, Clock(5, total_steps=10), model)["loss"], -StandardNormal(2).log_prob(z) - ld,
+                          atol=1e-10)
 
 
 def test_trumpet_switch_needs_a_run_length():
     with pytest.raises(ValueError, match="manifold_fraction"):
         Trumpet(manifold_fraction=1.0)
     with pytest.raises(ValueError, match="finite run length"):
-        Trumpet(manifold_fraction=0.5).switch_step()
-    assert Trumpet(manifold_steps=7).switch_step() == 7  # replaces the fraction
+        Trumpet(manifold_fraction=0.5).switch_step(None)
+    assert Trumpet(manifold_steps=7).switch_step(None) == 7  # replaces the fraction
+    assert Trumpet(manifold_fraction=0.5).stage(Clock(3, progress=0.6)) == 2  # a wall-clock budget: its spent share
 
 
 # ------------------------------------------------------------------------------------------ learning a toy manifold
@@ -216,13 +217,12 @@ def test_each_method_learns_a_toy_manifold(name):
     )
     model = Model(arch, (2,), 1, dtype=torch.float32, **options)
     method = make()
-    method.total_steps = steps
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
     test = _curve(512, gen)
     for step in range(steps):
         model.train()
         optimizer.zero_grad()
-        method.loss(_curve(64, gen), step, model)["loss"].mean().backward()
+        method.loss(_curve(64, gen), Clock(step, total_steps=steps), model)["loss"].mean().backward()
         optimizer.step()
     model.eval()
     with torch.no_grad():

@@ -114,9 +114,9 @@ def test_impossible_hyper_parameters_name_the_key(name, options, key):
 def test_each_method_learns_the_sinusoid_through_the_engine(tmp_path, method):
     """A few hundred steps through the shared engine: the test reconstruction error falls ≥ 4x."""
     from injflow.api import fit
+    from injflow.config import load_config
     from injflow.data import load_dataset
-    from injflow.train.config import load_config
-    from injflow.train.model import InjectiveFlow
+    from injflow.model import InjectiveFlow
 
     overrides = [
         f"method={method}", "train.max_epochs=4", "data.options.n_train=1500", "data.batch_size=64",
@@ -138,8 +138,8 @@ def test_each_method_learns_the_sinusoid_through_the_engine(tmp_path, method):
 def test_methods_that_prepare_the_nets_train_save_and_reload(tmp_path, name):
     """`Method.prepare` (VAE posterior network, AE+SN spectral norm) runs wherever a model is built or loaded."""
     from injflow.api import fit
-    from injflow.train.config import load_config
-    from injflow.train.model import InjectiveFlow
+    from injflow.config import load_config
+    from injflow.model import InjectiveFlow
 
     overrides = [f"method={{name: {name}}}", "train.max_epochs=1", "data.options.n_train=512", "data.batch_size=128",
                  "model.options.n_blocks=1", "model.options.hidden_features=16", "train.samplers=[]", f"run.dir={tmp_path}"]

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-import yaml
+from conftest import make_untrained_run
 from torch import nn
 
 from injflow import metrics as M
@@ -276,7 +276,7 @@ def test_exact_nll_chunking_does_not_change_values(linear_flow):
 
 
 def test_exact_nll_agrees_with_injective_flow_log_prob():
-    from injflow.train.model import InjectiveFlow
+    from injflow.model import InjectiveFlow
 
     torch.manual_seed(0)
     enc = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2)).to(DTYPE)
@@ -420,22 +420,8 @@ def test_fid_inception_identical_perturbed_and_held_out(inception):
 # ---------------------------------------------------------------------------------------------------------- evaluate
 
 
-def make_run(tmp_path, name: str, overrides: list[str]):
-    """A run folder (config.yaml + model.pt with post-fit samplers) of an untrained model: enough for evaluate."""
-    from injflow.train.config import config_to_dict, load_config
-    from injflow.train.model import InjectiveFlow
-    from injflow.train.runner import load_run_data
-
-    run = tmp_path / name
-    cfg = load_config(None, [*overrides, f"run.dir={run}", "train.gmm_components=3"])
-    run.mkdir()
-    (run / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    data = load_run_data(cfg)
-    torch.manual_seed(0)
-    flow = InjectiveFlow.from_config(cfg, data_shape=data.data_shape)
-    flow.fit_samplers(data.train, names=cfg.train.samplers, n_components=3, seed=0)
-    flow.save(run / "model.pt")
-    return run, flow, data
+def make_run(tmp_path, name, overrides):
+    return make_untrained_run(tmp_path, name, overrides)
 
 
 TOY = ["data.options.n_train=500", "data.options.n_val=100", "data.options.n_test=300", "model.options.n_blocks=1",

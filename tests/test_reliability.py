@@ -24,6 +24,7 @@ import torch
 
 import injflow.api as inj
 from injflow.cli import main
+from injflow.config import load_config
 from injflow.errors import (
     CheckpointError,
     ConfigError,
@@ -33,9 +34,9 @@ from injflow.errors import (
     UnsafeFileError,
     WriteError,
 )
-from injflow.methods import FIF
+from injflow.methods import FIF, Clock
 from injflow.rundir import RunDir
-from injflow.train import fit_config, load_config, resume_run
+from injflow.train import fit_config, resume_run
 
 FAST = [
     "data.options.n_train=400", "data.options.n_val=100", "data.options.n_test=100", "data.batch_size=100",
@@ -181,7 +182,7 @@ def test_nan_gradient_leaves_last_good_checkpoint(tmp_path, monkeypatch):
 
     def nan_gradient(self, batch, step, model):
         terms = original(self, batch, step, model)
-        if step == 5:
+        if Clock.of(step).step == 5:
             w = next(model.decoder.parameters())
             poison = torch.where(torch.tensor(False), torch.sqrt(-w.abs().sum() - 1), torch.tensor(0.0))
             terms["loss"] = terms["loss"] + poison  # value unchanged, gradient NaN
@@ -220,7 +221,7 @@ def test_second_writer_is_refused_and_writes_nothing(finished_run, tmp_path, cap
         assert "Traceback" not in proc.stderr
     after = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
     assert after == before
-    fit(run)  # free again
+    fit(run, overwrite=True)  # free again (a finished run is only replaced when asked to)
 
 
 # --------------------------------------------------------------------------- 5. corrupt and mismatched files

@@ -8,8 +8,7 @@ import re
 import shutil
 
 import pytest
-import torch
-import yaml
+from conftest import make_untrained_run
 
 from injflow import metrics as M
 from injflow.cli import main
@@ -25,24 +24,7 @@ class PixelFeatures:
 
 
 def make_run(tmp_path, name, overrides):
-    from injflow.train.config import config_to_dict, load_config
-    from injflow.train.model import InjectiveFlow
-    from injflow.train.runner import load_run_data
-
-    run = tmp_path / name
-    cfg = load_config(None, [*overrides, f"run.dir={run}", "train.gmm_components=3"])
-    run.mkdir()
-    (run / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    data = load_run_data(cfg)
-    torch.manual_seed(0)
-    flow = InjectiveFlow.from_config(cfg, data_shape=data.data_shape)
-    flow.fit_samplers(data.train, names=cfg.train.samplers, n_components=3, seed=0)
-    flow.save(run / "model.pt")
-    # a short loss history, as the training engine logs it
-    rows = ["step,epoch,train/loss_epoch,train/nll_epoch,val/loss,val/nll"]
-    rows += [f"{s},{s // 10},{2.0 / (s + 1)},{1.0 / (s + 1)},{2.2 / (s + 1)},{1.1 / (s + 1)}" for s in range(10, 100, 10)]
-    (run / "metrics.csv").write_text("\n".join(rows) + "\n")
-    return run, flow, data
+    return make_untrained_run(tmp_path, name, overrides, loss_history=True)
 
 
 @pytest.fixture(scope="module")

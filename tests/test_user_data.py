@@ -87,7 +87,7 @@ def test_flat_images_are_drawn_as_images_and_four_features_are_not(tmp_path):
         ({}, "data.options.path: .*needs data.options.path"),
         ({"path": "missing.npy"}, "data.options.path: .*does not exist"),
         ({"path": "{text}"}, "data.options.path: .*not the upstream array"),
-        ({"path": "{nan}"}, r"file rows, from 0: \[7\]"),
+        ({"path": "{nan}"}, r"first offending rows: \[7\]"),
         ({"path": "{x}", "kind": "image", "image_shape": [1, 3, 3]}, "data.options.image_shape"),
         ({"path": "{x}", "n_val": 0.5, "n_test": 0.5}, "data.options.n_val: .*no training rows"),
         ({"path": "{x}", "labels": "{short}"}, "data.options.labels: expected one label per row"),

@@ -12,7 +12,7 @@ Example:
 """
 
 from .download import MissingDataError, data_root
-from .registry import DATASETS, available_datasets, dataset_options, load_dataset
+from .registry import DATASETS, available_datasets, dataset_options, load_data_section, load_dataset
 from .splits import DataSplits, iterate_batches, validate_data
 from .toy import principal_angles
 
@@ -27,6 +27,7 @@ __all__ = [
     "data_root",
     "dataset_options",
     "iterate_batches",
+    "load_data_section",
     "load_dataset",
     "principal_angles",
     "validate_data",

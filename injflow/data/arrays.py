@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import OptionError
 from .registry import register
-from .splits import DataSplits, seeded_generator
+from .splits import DataSplits, seeded_generator, validate_data
 
 __all__ = ["load_array", "read_array_file"]
 
@@ -32,8 +33,8 @@ _DATA_KEYS = ("x", "data", "X", "features")
 _LABEL_KEYS = ("y", "labels", "targets", "label")
 
 
-def _option(name: str, message: str) -> ValueError:
-    return ValueError(f"option {name}: {message}")
+def _option(name: str, message: str) -> OptionError:
+    return OptionError(message, key=name)
 
 
 def _pick(arrays: dict[str, Any], key: str | None, candidates: tuple[str, ...], option: str, path: Path) -> Any:
@@ -182,11 +183,7 @@ def load_array(
             raise _option("labels", f"class labels must be >= 0, got {int(y.min())}")
     data = torch.from_numpy(np.ascontiguousarray(x)).float()
     target = None if y is None else torch.from_numpy(y)
-    finite = torch.isfinite(data.reshape(data.shape[0], -1)).all(1)
-    if not bool(finite.all()):
-        rows = torch.nonzero(~finite).flatten()
-        raise ValueError(f"{path} has NaN or inf in {rows.numel()} of {data.shape[0]} rows (file rows, from 0: "
-                         f"{rows[:5].tolist()}); drop or impute them first")
+    validate_data(data, name=str(path))  # before splitting, so the rows it names are the file's rows (from 0)
     splits: dict[str, Any] = {}
     if val_path is None and test_path is None:
         n = data.shape[0]

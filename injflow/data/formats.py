@@ -81,6 +81,9 @@ _PANDAS_DATA_MODULES = (
 )
 _PANDAS_TOP_LEVEL = {"DataFrame", "Series", "Index", "RangeIndex", "MultiIndex", "CategoricalIndex", "DatetimeIndex",
                      "StringDtype", "CategoricalDtype", "Categorical", "Timestamp", "NaT"}
+#: pandas 3 with pyarrow stores string columns as Arrow arrays: these rebuild them from buffers and type names only.
+_PYARROW_DATA = {("pyarrow.lib", "_restore_array"), ("pyarrow.lib", "py_buffer"), ("pyarrow.lib", "type_for_alias"),
+                 ("builtins", "bytearray")}
 
 
 def read_dataframe_pickle(path: str | Path) -> Any:
@@ -97,6 +100,7 @@ def read_dataframe_pickle(path: str | Path) -> Any:
             allowed = (
                 (module, name) in _ArrayUnpickler._ALLOWED
                 or (module, name) == ("builtins", "slice")
+                or (module, name) in _PYARROW_DATA
                 or (module == "pandas" and name in _PANDAS_TOP_LEVEL)
                 or module.startswith(_PANDAS_DATA_MODULES)
             )

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import OptionError
 from .download import MissingDataError, data_root, extract_members, fetch, require_files
 from .formats import read_array_pickle, read_cifar_batch, read_idx, read_partition_file
 from .registry import check_count, register
@@ -91,7 +92,7 @@ def _image_splits(
     if val is None:
         n_val = check_count("n_val", n_val)
         if n_val >= train.shape[0]:
-            raise ValueError(f"option n_val={n_val} leaves no training images (the training set has {train.shape[0]})")
+            raise OptionError(f"{n_val} leaves no training images (the training set has {train.shape[0]})", key="n_val")
         cut = train.shape[0] - n_val
         val = (train[cut:], train_labels[cut:])
         train, train_labels = train[:cut], train_labels[:cut]
@@ -114,7 +115,7 @@ def _image_splits(
 
 def _check_bool(option: str, value: object) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"option {option} must be True or False, got {value!r}")
+        raise OptionError(f"must be True or False, got {value!r}", key=option)
     return value
 
 
@@ -221,7 +222,7 @@ def _load_mnist_like(
     flatten, conditional = _check_bool("flatten", flatten), _check_bool("conditional", conditional)
     offline_file = offline() if source in ("auto", "offline") else None
     if source not in ("auto", "idx", "offline"):
-        raise ValueError(f"option source must be 'auto', 'idx' or 'offline', got {source!r}")
+        raise OptionError(f"must be 'auto', 'idx' or 'offline', got {source!r}", key="source")
     if source == "offline" and offline_file is None:
         raise MissingDataError(f"{name}: the offline source is not installed. {_OFFLINE_HOW[name]}")
     if source != "offline" and (source == "idx" or _idx_files_present(folder, files) or offline_file is None):
@@ -497,7 +498,7 @@ def load_digits(
     train_labels, test_labels = labels[:-n_test_all], labels[-n_test_all:]
     n_val = check_count("n_val", n_val, allow_none=True)
     if n_val is not None and n_val > n_val_all:
-        raise ValueError(f"option n_val={n_val} exceeds the {n_val_all} validation images of digits")
+        raise OptionError(f"{n_val} exceeds the {n_val_all} validation images of digits", key="n_val")
     out = _image_splits(
         "digits", seed, train, train_labels, test, test_labels, n_train=n_train, n_val=n_val_all, n_test=n_test,
         flatten=flatten, conditional=conditional, scale=16.0, info={"source": "sklearn.datasets.load_digits"},

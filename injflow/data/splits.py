@@ -15,31 +15,42 @@ __all__ = [
     "split_tail",
 ]
 
+import dataclasses
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import DataError
+
 _ArrayT = TypeVar("_ArrayT", np.ndarray, Tensor)
+
+#: Data values at or above this magnitude cannot be trained on in float32 (squared errors overflow).
+MAX_ABS_VALUE = 1e15
+#: Above this magnitude the data are very likely not standardised: a warning says so.
+WARN_ABS_VALUE = 1e4
 
 
 @dataclass(frozen=True)
 class DataSplits:
-    r"""Train, validation and test tensors of one data set, with optional labels.
+    r"""Train, validation and test tensors of one data set, with optional labels: the one data container.
 
-    Every split has shape `(N, *data_shape)` and dtype `float32`; labels, when present, are `int64`
-    tensors of shape `(N,)`. The constructor validates all of this (see :func:`validate_data`).
+    Every loader returns one, the engine trains on one (your own tensors too: :func:`injflow.api.train` wraps them in
+    one), and it is checked once, when it is made: every split has shape `(N, *data_shape)`, a floating-point dtype
+    and finite values of a magnitude float32 can train on; labels, when present, are integer tensors of shape `(N,)`
+    (see :func:`validate_data`). `val` and `test` may be `None` (your own data without them).
 
     Arguments:
-        name: The data set's registry name.
+        name: The data set's registry name (or where the tensors came from).
         kind: `"toy"`, `"tabular"` or `"image"`.
         train: The training split.
-        val: The validation split.
-        test: The test split.
-        data_shape: The shape of one sample, e.g. `(2,)` or `(1, 28, 28)`.
+        val: The validation split (or `None`).
+        test: The test split (or `None`).
+        data_shape: The shape of one sample, e.g. `(2,)` or `(1, 28, 28)` (default: the training split's).
         train_labels: Optional labels of the training split.
         val_labels: Optional labels of the validation split.
         test_labels: Optional labels of the test split.
@@ -57,9 +68,9 @@ class DataSplits:
     name: str
     kind: str
     train: Tensor
-    val: Tensor
-    test: Tensor
-    data_shape: tuple[int, ...]
+    val: Tensor | None = None
+    test: Tensor | None = None
+    data_shape: tuple[int, ...] | None = None
     train_labels: Tensor | None = None
     val_labels: Tensor | None = None
     test_labels: Tensor | None = None
@@ -69,7 +80,11 @@ class DataSplits:
     def __post_init__(self) -> None:
         if self.kind not in ("toy", "tabular", "image"):
             raise ValueError(f"kind must be 'toy', 'tabular' or 'image', got {self.kind!r}")
-        object.__setattr__(self, "data_shape", tuple(int(s) for s in self.data_shape))
+        if self.train is None:
+            raise DataError(f"{self.name}.train is missing: there is nothing to train on")
+        if self.data_shape is None and isinstance(self.train, Tensor):
+            object.__setattr__(self, "data_shape", tuple(self.train.shape[1:]))
+        object.__setattr__(self, "data_shape", tuple(int(s) for s in self.data_shape or ()))
         image_shape = self.image_shape
         if image_shape is None and self.kind == "image" and len(self.data_shape) == 3:
             image_shape = self.data_shape
@@ -80,14 +95,18 @@ class DataSplits:
         object.__setattr__(self, "image_shape", image_shape)
         for split in ("train", "val", "test"):
             x = getattr(self, split)
-            validate_data(x, name=f"{self.name}.{split}", data_shape=self.data_shape)
             labels = getattr(self, f"{split}_labels")
+            if x is None:
+                if labels is not None:
+                    raise DataError(f"{self.name}.{split}_labels are given but {self.name}.{split} is not")
+                continue
+            validate_data(x, name=f"{self.name}.{split}", data_shape=self.data_shape)
             if labels is not None:
-                if labels.ndim != 1 or labels.shape[0] != x.shape[0]:
-                    raise ValueError(
-                        f"{self.name}.{split}_labels has shape {tuple(labels.shape)}, "
-                        f"expected ({x.shape[0]},) to match {split}"
-                    )
+                if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.shape[0] != x.shape[0]:
+                    raise DataError(f"{self.name}.{split}_labels has shape {tuple(getattr(labels, 'shape', ()))}, "
+                                    f"expected ({x.shape[0]},) to match {split}")
+                if labels.is_floating_point() or labels.dtype == torch.bool:
+                    raise DataError(f"{self.name}.{split}_labels must be integers, got {labels.dtype}")
 
     @property
     def dim(self) -> int:
@@ -96,8 +115,9 @@ class DataSplits:
 
     @property
     def has_labels(self) -> bool:
-        """Whether all three splits carry labels."""
-        return all(getattr(self, f"{s}_labels") is not None for s in ("train", "val", "test"))
+        """Whether every split that is there carries labels."""
+        return all(getattr(self, f"{s}_labels") is not None for s in ("train", "val", "test")
+                   if getattr(self, s) is not None)
 
     @property
     def num_classes(self) -> int | None:
@@ -106,7 +126,57 @@ class DataSplits:
             return None
         if "num_classes" in self.info:
             return int(self.info["num_classes"])
-        return 1 + max(int(getattr(self, f"{s}_labels").max()) for s in ("train", "val", "test"))
+        return 1 + max(int(labels.max()) for s in ("train", "val", "test")
+                       if (labels := getattr(self, f"{s}_labels")) is not None and labels.numel())
+
+    def split(self, name: str) -> tuple[Tensor | None, Tensor | None]:
+        """``(x, labels)`` of ``train``, ``val`` or ``test``."""
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"split must be train, val or test, got {name!r}")
+        return getattr(self, name), getattr(self, f"{name}_labels")
+
+    def reference(self) -> tuple[Tensor, Tensor | None]:
+        """The split pictures and metrics show by default: test, else validation, else training."""
+        for name in ("test", "val", "train"):
+            x, c = self.split(name)
+            if x is not None:
+                return x, c
+        raise AssertionError("DataSplits always has a training split")
+
+    def for_model(self, *, dtype: torch.dtype = torch.float32, conditional: bool = False) -> DataSplits:
+        """The splits as a model trains on them: in its ``dtype``, labels kept only for a ``conditional`` model.
+
+        Float data in another dtype are converted with a warning; a conditional model needs labels in
+        ``0..num_classes - 1`` on every split (:class:`~injflow.errors.DataError` otherwise); values far from
+        standardised data get a warning naming the columns.
+        """
+        changes: dict[str, Any] = {}
+        for name in ("train", "val", "test"):
+            x, c = self.split(name)
+            if x is None:
+                continue
+            where = f"data.{name}"
+            if x.dtype != dtype:
+                warnings.warn(f"{where} is {x.dtype} but the model's weights are {dtype}: converting the data to {dtype} "
+                              f"(convert the model, e.g. flow.double(), to train in {x.dtype})", UserWarning, stacklevel=3)
+                changes[name] = x.to(dtype)
+            peak = x.reshape(x.shape[0], -1).abs().amax(0)
+            if name == "train" and bool((peak > WARN_ABS_VALUE).any()):
+                cols = torch.nonzero(peak > WARN_ABS_VALUE).flatten()
+                warnings.warn(f"{where} has values up to {float(peak.max()):.3g} (columns {cols[:5].tolist()}): the nets "
+                              f"expect standardised data ((x - mean) / std per column)", UserWarning, stacklevel=3)
+            if conditional:
+                if c is None:
+                    raise DataError(f"model.conditional is true but {where} has no labels: use a labelled data set "
+                                    f"(e.g. conditional_mnist) or set model.conditional=false")
+                k = self.num_classes
+                if c.numel() and k is not None and (int(c.min()) < 0 or int(c.max()) >= k):
+                    raise DataError(f"{where} labels must lie in 0..{k - 1}, got {int(c.min())}..{int(c.max())}")
+            elif c is not None:
+                changes[f"{name}_labels"] = None
+        if conditional:
+            changes["info"] = {**self.info, "num_classes": self.num_classes}
+        return dataclasses.replace(self, **changes) if changes else self
 
 
 def validate_data(x: Tensor, *, name: str = "data", data_shape: tuple[int, ...] | None = None) -> None:
@@ -118,7 +188,7 @@ def validate_data(x: Tensor, *, name: str = "data", data_shape: tuple[int, ...] 
         data_shape: If given, the expected shape of one sample.
 
     Raises:
-        ValueError: naming the shape if it is wrong, or the first offending row indices if `x`
+        DataError: (a ``ValueError``) naming the shape if it is wrong, or the first offending row indices if `x`
             holds NaN or inf.
 
     Example:
@@ -126,27 +196,36 @@ def validate_data(x: Tensor, *, name: str = "data", data_shape: tuple[int, ...] 
         >>> validate_data(torch.tensor([[0.0, float("nan")], [1.0, 2.0]]))
         Traceback (most recent call last):
           ...
-        ValueError: data has non-finite values (NaN or inf) in 1 of 2 rows; first offending rows: [0]
+        injflow.errors.DataError: data has non-finite values (NaN or inf) in 1 of 2 rows; first offending rows: [0] ...
     """
     if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        raise DataError(f"{name} must be a torch.Tensor of shape (N, *data_shape), got {type(x).__name__}")
     if x.ndim < 2 or x.ndim > 4:
-        raise ValueError(
+        raise DataError(
             f"{name} has shape {tuple(x.shape)} ({x.ndim}-D); expected (N, D) for vectors or "
             f"(N, C, H, W) for images (a single feature needs shape (N, 1))"
         )
     if data_shape is not None and tuple(x.shape[1:]) != tuple(data_shape):
-        raise ValueError(f"{name} has shape {tuple(x.shape)}, expected (N, {', '.join(map(str, data_shape))})")
+        raise DataError(f"{name} has shape {tuple(x.shape)}, expected (N, {', '.join(map(str, data_shape))})")
     if x.shape[0] == 0:
-        raise ValueError(f"{name} has shape {tuple(x.shape)}: it holds no samples")
+        raise DataError(f"{name} has shape {tuple(x.shape)}: it holds no samples")
     if not x.is_floating_point():
-        raise ValueError(f"{name} has dtype {x.dtype}; expected a floating-point tensor")
-    finite = torch.isfinite(x).reshape(x.shape[0], -1).all(dim=1)
+        raise DataError(f"{name} has dtype {x.dtype}; expected a floating-point tensor (convert it first: x.float())")
+    flat = x.reshape(x.shape[0], -1)
+    finite = torch.isfinite(flat).all(dim=1)
     if not bool(finite.all()):
         bad = torch.nonzero(~finite).flatten()
-        raise ValueError(
+        cols = torch.nonzero(~torch.isfinite(flat).all(0)).flatten()
+        raise DataError(
             f"{name} has non-finite values (NaN or inf) in {bad.numel()} of {x.shape[0]} rows; "
-            f"first offending rows: {bad[:5].tolist()}"
+            f"first offending rows: {bad[:5].tolist()} (columns {cols[:5].tolist()}); drop or impute them first"
+        )
+    peak = flat.abs().amax(0)
+    if bool((peak >= MAX_ABS_VALUE).any()):
+        cols = torch.nonzero(peak >= MAX_ABS_VALUE).flatten()
+        raise DataError(
+            f"{name} has values up to {float(peak.max()):.3g} (columns {cols[:5].tolist()}): too large to train on in "
+            f"float32; standardise the data first ((x - mean) / std per column; images scaled to [0, 1])"
         )
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..errors import OptionError
 from .registry import check_count, check_noise, register
 from .splits import DataSplits, seeded_generator
 
@@ -303,7 +304,7 @@ def load_linear_subspace(
     dim = lam.numel()
     subspace_dim = check_count("subspace_dim", subspace_dim)
     if subspace_dim >= dim:
-        raise ValueError(f"option subspace_dim must be < the dimension {dim}, got {subspace_dim}")
+        raise OptionError(f"must be < the dimension {dim}, got {subspace_dim}", key="subspace_dim")
     noise = check_noise("noise", noise)
     # The rotation has its own stream (id 3): it depends on the seed only, not on the split sizes.
     vecs = random_orthogonal(dim, seeded_generator(seed, 3)) if rotate else torch.eye(dim)

@@ -6,7 +6,7 @@ Importing this package registers the built-in methods (``fif``, ``ae``, ``injflo
 """
 
 from .ae import AE
-from .base import METHODS, Method, ModelLike, build_method, method_class, register_method
+from .base import METHODS, Clock, Method, ModelLike, build_method, method_class, register_method
 from .fif import FIF
 from .invertible import DNF, RectangularNF, Trumpet
 from .kumar import InjFlow, InjFlowLn
@@ -21,6 +21,7 @@ __all__ = [
     "AEL2",
     "AESN",
     "BetaVAE",
+    "Clock",
     "CAE",
     "GaussianEncoder",
     "RAEGP",

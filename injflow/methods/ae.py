@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .base import Method, ModelLike, register_method
+from .base import Clock, Method, ModelLike, register_method
 
 __all__ = ["AE"]
 
@@ -18,12 +18,12 @@ class AE(Method):
 
     Example:
         >>> method = AE()
-        >>> terms = method.loss(x, step=0, model=model)  # doctest: +SKIP
+        >>> terms = method.loss(x, clock=0, model=model)  # doctest: +SKIP
         >>> terms["loss"].shape                           # doctest: +SKIP
         torch.Size([B])
     """
 
-    def loss(self, batch: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:
+    def loss(self, batch: Tensor, clock: Clock | int, model: ModelLike) -> dict[str, Tensor]:
         z = model.encode(batch)
         reconstruction = (model.decode(z) - batch).flatten(1).pow(2).sum(1)
         return {"loss": reconstruction, "reconstruction": reconstruction, "latent_sq_norm": z.detach().flatten(1).pow(2).sum(1)}

@@ -5,11 +5,15 @@ networks, the latent distribution, the optimiser and the loop; it calls
 
 .. code-block:: python
 
-    terms = method.loss(batch, step, model)   # model.encode, model.decode, model.latent
+    terms = method.loss(batch, clock, model)   # model.encode, model.decode, model.latent
 
-and minimises ``terms["loss"].mean()``. Every other entry is logged (its mean when per-sample).
+and minimises ``terms["loss"].mean()``. Every other entry is logged (its mean when per-sample). ``clock`` is a
+:class:`Clock` — the optimiser step, the run's length and the spent share of a wall-clock budget — handed in as an
+argument: a method holds hyper-parameters only, nothing the engine writes into it while training.
 New objectives subclass :class:`Method`, declare their hyper-parameters as dataclass fields (the config
 validator reads their names, types and defaults) and register themselves with :func:`register_method`.
+The config holds the method object itself (:attr:`injflow.config.Config.method`): it is built once, when the config
+is validated, and saved with every checkpoint as its options.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from torch import Tensor
 from ..registry import Registry
 from .schedules import Schedule, as_schedule
 
-__all__ = ["Method", "ModelLike", "register_method", "build_method", "method_class", "METHODS"]
+__all__ = ["Clock", "Method", "ModelLike", "register_method", "build_method", "method_class", "METHODS"]
 
 
 class ModelLike(Protocol):
@@ -34,6 +38,31 @@ class ModelLike(Protocol):
     def encode(self, x: Tensor) -> Tensor: ...
 
     def decode(self, z: Tensor) -> Tensor: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Clock:
+    """Where training stands when a loss is evaluated: what schedules and staged methods read.
+
+    Arguments:
+        step: The optimiser step (0 at the first update).
+        total_steps: The run's number of optimiser steps (``None``: unknown, e.g. a wall-clock budget).
+        progress: The spent share of a wall-clock budget (``train.max_time``) in [0, 1]; ``None`` for runs measured in
+            steps.
+
+    Example:
+        >>> Clock.of(3)
+        Clock(step=3, total_steps=None, progress=None)
+    """
+
+    step: int = 0
+    total_steps: int | None = None
+    progress: float | None = None
+
+    @classmethod
+    def of(cls, clock: Clock | int) -> Clock:
+        """``clock`` itself, or a clock at step ``clock`` of a run of unknown length (a plain int is a step)."""
+        return clock if isinstance(clock, Clock) else cls(int(clock))
 
 
 #: Registered methods by config name.
@@ -47,7 +76,7 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
         >>> @register_method("my_ae")
         ... @dataclasses.dataclass
         ... class MyAE(Method):
-        ...     def loss(self, batch, step, model):
+        ...     def loss(self, batch, clock, model):
         ...         r = (model.decode(model.encode(batch)) - batch).flatten(1).pow(2).sum(1)
         ...         return {"loss": r, "reconstruction": r}
     """
@@ -76,12 +105,11 @@ class Method:
     """Base class of all training objectives.
 
     Subclasses are dataclasses; fields are hyper-parameters. A field whose value may be a schedule
-    (a number or ``{schedule: ..., ...}``) is read at a step with :meth:`weight`.
+    (a number or ``{schedule: ..., ...}``) is read at a :class:`Clock` with :meth:`weight`.
 
     Attributes:
-        total_steps: The run's number of optimiser steps, set by the engine before training so
-            schedules such as ``linear`` know where they end (``None`` = unknown).
-        progress: The spent fraction of a wall-clock budget, set by the engine when ``train.max_time`` is set.
+        schedules: The :class:`~injflow.methods.schedules.Schedule` of each field named in :attr:`scheduled`
+            (derived from the fields, read-only).
     """
 
     name: ClassVar[str] = "method"
@@ -92,19 +120,20 @@ class Method:
     unused_parameters: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        self.total_steps: int | None = None
-        #: Spent fraction of a wall-clock budget (``train.max_time``), set by the engine every step; ``None``
-        #: when the run is measured in steps.
-        self.progress: float | None = None
-        self._schedules: dict[str, Schedule] = {k: as_schedule(getattr(self, k), k) for k in self.scheduled}
+        self.schedules: dict[str, Schedule] = {k: as_schedule(getattr(self, k), k) for k in self.scheduled}
 
-    def weight(self, key: str, step: int) -> float:
-        """The value of the scheduled hyper-parameter ``key`` at optimiser step ``step``."""
-        return self._schedules[key](step, self.total_steps, self.progress)
+    def weight(self, key: str, clock: Clock | int) -> float:
+        """The value of the scheduled hyper-parameter ``key`` at ``clock`` (a :class:`Clock` or a step)."""
+        clock = Clock.of(clock)
+        return self.schedules[key](clock.step, clock.total_steps, clock.progress)
 
-    def weights(self, step: int) -> dict[str, float]:
-        """All scheduled hyper-parameters at ``step`` (for logging)."""
-        return {k: self.weight(k, step) for k in self.scheduled}
+    def weights(self, clock: Clock | int) -> dict[str, float]:
+        """All scheduled hyper-parameters at ``clock`` (for logging)."""
+        return {k: self.weight(k, clock) for k in self.scheduled}
+
+    def schedules_over_run(self) -> list[str]:
+        """The scheduled fields whose schedule stretches over the whole run (so a longer run bends them)."""
+        return [k for k, s in self.schedules.items() if s.spans_run]
 
     def check(self, *, latent_dim: int, data_dim: int) -> None:
         """Raises ``ValueError("<field>: ...")`` when a hyper-parameter is impossible for these dimensions."""
@@ -120,12 +149,12 @@ class Method:
     def finalize(self, model: ModelLike) -> None:
         """Optionally turns a trained model into plain nets, undoing :meth:`prepare`; default: nothing."""
 
-    def loss(self, batch: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:
+    def loss(self, batch: Tensor, clock: Clock | int, model: ModelLike) -> dict[str, Tensor]:
         r"""The loss terms for one batch.
 
         Arguments:
             batch: Data, shape ``(B, *data_shape)``.
-            step: The optimiser step (drives schedules).
+            clock: Where training stands (:class:`Clock`; a plain int is the step of a run of unknown length).
             model: Provides ``encode``, ``decode`` and ``latent``.
 
         Returns:

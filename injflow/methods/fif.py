@@ -17,8 +17,9 @@ from typing import Any, Literal
 
 from torch import Tensor
 
+from ..errors import OptionError
 from ..estimators import fif_loss
-from .base import Method, ModelLike, register_method
+from .base import Clock, Method, ModelLike, register_method
 
 __all__ = ["FIF"]
 
@@ -54,26 +55,24 @@ class FIF(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        lo, _ = self._schedules["beta"].bounds()
+        lo, _ = self.schedules["beta"].bounds()
         if lo < 0:
-            raise ValueError(f"beta: the reconstruction weight must be >= 0, got a minimum of {lo}")
+            raise OptionError(f"the reconstruction weight must be >= 0, got a minimum of {lo}", key="beta")
         if self.n_hutchinson < 1:
-            raise ValueError(f"n_hutchinson: must be >= 1, got {self.n_hutchinson}")
+            raise OptionError(f"must be >= 1, got {self.n_hutchinson}", key="n_hutchinson")
 
     def check(self, *, latent_dim: int, data_dim: int) -> None:
         space_dim = latent_dim if self.trace_space == "latent" else data_dim
         if self.n_hutchinson > space_dim:
-            raise ValueError(
-                f"n_hutchinson: K={self.n_hutchinson} Hutchinson samples exceed the {self.trace_space}-space "
-                f"dimension {space_dim} (K <= {space_dim})"
-            )
+            raise OptionError(f"K={self.n_hutchinson} Hutchinson samples exceed the {self.trace_space}-space "
+                              f"dimension {space_dim} (K <= {space_dim})", key="n_hutchinson")
 
-    def loss(self, batch: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:
+    def loss(self, batch: Tensor, clock: Clock | int, model: ModelLike) -> dict[str, Tensor]:
         out = fif_loss(
             batch,
             model.encode,
             model.decode,
-            beta=self.weight("beta", step),
+            beta=self.weight("beta", clock),
             latent_log_prob=model.latent.log_prob,
             n_hutchinson=self.n_hutchinson,
             noise=self.noise,

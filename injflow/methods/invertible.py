@@ -25,9 +25,10 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
+from ..errors import OptionError
 from ..estimators import decoder_log_volume, rectangular_flow_surrogate
 from ..nets.invertible import InjectiveFlowNet, PaddedFlow, injective_flow_of
-from .base import Method, ModelLike, register_method
+from .base import Clock, Method, ModelLike, register_method
 
 __all__ = ["RectangularNF", "DNF", "Trumpet"]
 
@@ -95,21 +96,23 @@ class RectangularNF(Method):
     def __post_init__(self) -> None:
         super().__post_init__()
         for key in self.scheduled:
-            if self._schedules[key].bounds()[0] < 0:
-                raise ValueError(f"{key}: must be >= 0")
+            if self.schedules[key].bounds()[0] < 0:
+                raise OptionError("must be >= 0", key=key)
         if self.n_hutchinson < 1:
-            raise ValueError(f"n_hutchinson: must be >= 1, got {self.n_hutchinson}")
+            raise OptionError(f"must be >= 1, got {self.n_hutchinson}", key="n_hutchinson")
         if not self.cg_tol > 0:
-            raise ValueError(f"cg_tol: must be > 0, got {self.cg_tol}")
+            raise OptionError(f"must be > 0, got {self.cg_tol}", key="cg_tol")
+        if self.cg_max_iter is not None and self.cg_max_iter < 1:
+            raise OptionError(f"must be >= 1 (or null for 2d), got {self.cg_max_iter}", key="cg_max_iter")
 
     def check(self, *, latent_dim: int, data_dim: int) -> None:
         if self.log_det == "cg" and self.n_hutchinson > latent_dim:
-            raise ValueError(f"n_hutchinson: K={self.n_hutchinson} exceeds the latent dimension {latent_dim}")
+            raise OptionError(f"K={self.n_hutchinson} exceeds the latent dimension {latent_dim}", key="n_hutchinson")
 
     def prepare(self, model: ModelLike) -> None:
         injective_flow_of(model, self.name)
 
-    def loss(self, batch: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:
+    def loss(self, batch: Tensor, clock: Clock | int, model: ModelLike) -> dict[str, Tensor]:
         net: InjectiveFlowNet = injective_flow_of(model, self.name)
         terms: dict[str, Tensor] = {}
         if self.log_det == "exact":
@@ -126,7 +129,7 @@ class RectangularNF(Method):
         nll = -model.latent.log_prob(z) - inner_log_det + log_volume
         reconstruction = _sq(x_hat - batch)
         terms.update({
-            "loss": self.weight("likelihood_weight", step) * nll + self.weight("beta", step) * reconstruction,
+            "loss": self.weight("likelihood_weight", clock) * nll + self.weight("beta", clock) * reconstruction,
             "nll": nll,  # with the CG surrogate: its value is not the NLL, its gradient is
             "reconstruction": reconstruction,
             "log_volume": log_volume,
@@ -175,13 +178,14 @@ class DNF(Method):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.noise_variance > 0:
-            raise ValueError(f"noise_variance: the inflation noise σ² must be > 0, got {self.noise_variance}")
-        if self._schedules["reconstruction_weight"].bounds()[0] < 0:
-            raise ValueError("reconstruction_weight: must be >= 0")
+            raise OptionError(f"the inflation noise σ² must be > 0, got {self.noise_variance}", key="noise_variance")
+        if self.schedules["reconstruction_weight"].bounds()[0] < 0:
+            raise OptionError("must be >= 0", key="reconstruction_weight")
         if self.noise_latent_l2 < 0:
-            raise ValueError(f"noise_latent_l2: must be >= 0, got {self.noise_latent_l2}")
+            raise OptionError(f"must be >= 0, got {self.noise_latent_l2}", key="noise_latent_l2")
         if self.noise_latent_std is not None and not self.noise_latent_std > 0:
-            raise ValueError(f"noise_latent_std: must be > 0 (or null for sqrt(noise_variance)), got {self.noise_latent_std}")
+            raise OptionError(f"must be > 0 (or null for sqrt(noise_variance)), got {self.noise_latent_std}",
+                              key="noise_latent_std")
 
     def prepare(self, model: ModelLike) -> None:
         self._net(model)
@@ -193,7 +197,7 @@ class DNF(Method):
                              f"its D-dimensional flow models the noise; got {type(net).__name__}")
         return net
 
-    def loss(self, batch: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:
+    def loss(self, batch: Tensor, clock: Clock | int, model: ModelLike) -> dict[str, Tensor]:
         net = self._net(model)
         sigma = math.sqrt(self.noise_variance)
         noisy = batch + sigma * torch.randn_like(batch) if net.training else batch
@@ -208,7 +212,7 @@ class DNF(Method):
         noise_sq = _sq(v)
         loss = (
             -log_p
-            + self.weight("reconstruction_weight", step) * reconstruction / batch[0].numel()
+            + self.weight("reconstruction_weight", clock) * reconstruction / batch[0].numel()
             + self.noise_latent_l2 * noise_sq / v.shape[1]
         )
         return {
@@ -237,7 +241,7 @@ class Trumpet(Method):
     injective part gets no gradient (and Adam leaves a parameter without a gradient untouched). Both stages report
     all terms; only the active stage's objective is differentiated.
 
-    The switch is at ``round(manifold_fraction * total_steps)`` (the engine sets ``total_steps``), or at
+    The switch is at ``round(manifold_fraction * total_steps)`` (the clock's run length), or at
     ``manifold_steps`` when that is set. FIF App. E.3 gave Trumpet 2, 5 or 10 manifold epochs of a 5-hour budget
     (10 was best); the authors' default is 2 of 400 epochs.
 
@@ -256,37 +260,38 @@ class Trumpet(Method):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0 < self.manifold_fraction < 1:
-            raise ValueError(f"manifold_fraction: must be in (0, 1), got {self.manifold_fraction}")
+            raise OptionError(f"must be in (0, 1), got {self.manifold_fraction}", key="manifold_fraction")
         if self.manifold_steps is not None and self.manifold_steps < 1:
-            raise ValueError(f"manifold_steps: must be >= 1, got {self.manifold_steps}")
+            raise OptionError(f"must be >= 1, got {self.manifold_steps}", key="manifold_steps")
         if self.latent_consistency_weight < 0:
-            raise ValueError(f"latent_consistency_weight: must be >= 0, got {self.latent_consistency_weight}")
+            raise OptionError(f"must be >= 0, got {self.latent_consistency_weight}", key="latent_consistency_weight")
 
     def prepare(self, model: ModelLike) -> None:
         injective_flow_of(model, self.name)
 
-    def switch_step(self) -> int:
-        """The first optimiser step of stage 2."""
+    def switch_step(self, total_steps: int | None) -> int:
+        """The first optimiser step of stage 2 in a run of ``total_steps`` steps."""
         if self.manifold_steps is not None:
             return self.manifold_steps
-        if self.total_steps is None:
-            raise ValueError("trumpet: manifold_fraction needs a finite run length (train.max_steps or "
-                             "train.max_epochs); or give method.manifold_steps")
-        return max(1, round(self.manifold_fraction * self.total_steps))
+        if total_steps is None:
+            raise OptionError("needs a finite run length (train.max_steps or train.max_epochs); or "
+                             "give method.manifold_steps", key="manifold_fraction")
+        return max(1, round(self.manifold_fraction * total_steps))
 
-    def stage(self, step: int) -> int:
-        """1 (manifold) or 2 (density on the manifold) at optimiser step ``step``.
+    def stage(self, clock: Clock | int) -> int:
+        """1 (manifold) or 2 (density on the manifold) at ``clock``.
 
-        Under a wall-clock budget (``train.max_time``: the engine sets ``progress``) and without ``manifold_steps``,
+        Under a wall-clock budget (``train.max_time``: the clock carries ``progress``) and without ``manifold_steps``,
         the switch is at the ``manifold_fraction`` of the budget (FIF App. E.3 gives Trumpet part of a 5 h budget).
         """
-        if self.manifold_steps is None and self.progress is not None:
-            return 1 if self.progress < self.manifold_fraction else 2
-        return 1 if step < self.switch_step() else 2
+        clock = Clock.of(clock)
+        if self.manifold_steps is None and clock.progress is not None:
+            return 1 if clock.progress < self.manifold_fraction else 2
+        return 1 if clock.step < self.switch_step(clock.total_steps) else 2
 
-    def loss(self, batch: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:
+    def loss(self, batch: Tensor, clock: Clock | int, model: ModelLike) -> dict[str, Tensor]:
         net = injective_flow_of(model, self.name)
-        stage = self.stage(step)
+        stage = self.stage(clock)
         d, big_d = net.latent_dim, batch[0].numel()
         with torch.set_grad_enabled(torch.is_grad_enabled() and stage == 1):
             u = net.project(batch)

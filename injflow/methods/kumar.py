@@ -13,8 +13,9 @@ from typing import Any, Literal
 
 from torch import Tensor
 
+from ..errors import OptionError
 from ..estimators import injflow_ln_terms, injflow_terms
-from .base import Method, ModelLike, register_method
+from .base import Clock, Method, ModelLike, register_method
 
 __all__ = ["InjFlowLn", "InjFlow"]
 
@@ -40,23 +41,23 @@ class _KumarMethod(Method):
     def __post_init__(self) -> None:
         super().__post_init__()
         for key in ("mu", "mu_in"):
-            if self._schedules[key].bounds()[0] < 0:
-                raise ValueError(f"{key}: penalty weights must be >= 0")
+            if self.schedules[key].bounds()[0] < 0:
+                raise OptionError("penalty weights must be >= 0", key=key)
         if not self.sigma > 0:
-            raise ValueError(f"sigma: the prior's standard deviation must be > 0, got {self.sigma}")
+            raise OptionError(f"the prior's standard deviation must be > 0, got {self.sigma}", key="sigma")
         if self.prior_weight < 0:
-            raise ValueError(f"prior_weight: must be >= 0, got {self.prior_weight}")
+            raise OptionError(f"must be >= 0, got {self.prior_weight}", key="prior_weight")
         if self.eta < 0:
-            raise ValueError(f"eta: the singular-value floor must be >= 0, got {self.eta}")
+            raise OptionError(f"the singular-value floor must be >= 0, got {self.eta}", key="eta")
         if not self.fd_step > 0:
-            raise ValueError(f"fd_step: must be > 0, got {self.fd_step}")
+            raise OptionError(f"must be > 0, got {self.fd_step}", key="fd_step")
 
     def terms(self, batch: Tensor, model: ModelLike) -> dict[str, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def loss(self, batch: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:
+    def loss(self, batch: Tensor, clock: Clock | int, model: ModelLike) -> dict[str, Tensor]:
         t = self.terms(batch, model)
-        mu, mu_in = self.weight("mu", step), self.weight("mu_in", step)
+        mu, mu_in = self.weight("mu", clock), self.weight("mu_in", clock)
         loss = self.prior_weight * t["prior"] + mu * t["reconstruction"] + t[self.jacobian_term] + mu_in * t["injectivity"]
         return {
             "loss": loss,
@@ -112,7 +113,7 @@ class InjFlow(_KumarMethod):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.lam > 0:
-            raise ValueError(f"lam: must be > 0, got {self.lam}")
+            raise OptionError(f"must be > 0, got {self.lam}", key="lam")
 
     def terms(self, batch: Tensor, model: ModelLike) -> dict[str, Tensor]:
         return injflow_terms(batch, model.encode, model.decode, lam=self.lam, sigma=self.sigma, eta=self.eta,

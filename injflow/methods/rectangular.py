@@ -12,8 +12,9 @@ from typing import Any, Literal
 
 from torch import Tensor
 
+from ..errors import OptionError
 from ..estimators import decoder_log_volume, encoder_log_volume, rectangular_flow_surrogate
-from .base import Method, ModelLike, register_method
+from .base import Clock, Method, ModelLike, register_method
 
 __all__ = ["RectangularFlow", "ExactFlow"]
 
@@ -25,16 +26,16 @@ class _BetaMethod(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self._schedules["beta"].bounds()[0] < 0:
-            raise ValueError("beta: the reconstruction weight must be >= 0")
+        if self.schedules["beta"].bounds()[0] < 0:
+            raise OptionError("the reconstruction weight must be >= 0", key="beta")
 
     def _assemble(
-        self, batch: Tensor, z: Tensor, x_hat: Tensor, volume: Tensor, step: int, model: ModelLike
+        self, batch: Tensor, z: Tensor, x_hat: Tensor, volume: Tensor, clock: Clock | int, model: ModelLike
     ) -> dict[str, Tensor]:
         reconstruction = (x_hat - batch).flatten(1).pow(2).sum(1)
         nll = -model.latent.log_prob(z) + volume
         return {
-            "loss": nll + self.weight("beta", step) * reconstruction,
+            "loss": nll + self.weight("beta", clock) * reconstruction,
             "nll": nll,
             "reconstruction": reconstruction,
             "latent_sq_norm": z.detach().flatten(1).pow(2).sum(1),  # logged only (every method reports it)
@@ -65,22 +66,24 @@ class RectangularFlow(_BetaMethod):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.grad_to == "decoder" and self.jacobian_at != "x":
-            raise ValueError("jacobian_at: 'x_hat' applies only with grad_to: encoder")
+            raise OptionError("'x_hat' applies only with grad_to: encoder", key="jacobian_at")
         if not self.cg_tol > 0:
-            raise ValueError(f"cg_tol: must be > 0, got {self.cg_tol}")
+            raise OptionError(f"must be > 0, got {self.cg_tol}", key="cg_tol")
+        if self.cg_max_iter is not None and self.cg_max_iter < 1:
+            raise OptionError(f"must be >= 1 (or null for 2d), got {self.cg_max_iter}", key="cg_max_iter")
         if self.n_hutchinson < 1:
-            raise ValueError(f"n_hutchinson: must be >= 1, got {self.n_hutchinson}")
+            raise OptionError(f"must be >= 1, got {self.n_hutchinson}", key="n_hutchinson")
 
     def check(self, *, latent_dim: int, data_dim: int) -> None:
         if self.n_hutchinson > latent_dim:
-            raise ValueError(f"n_hutchinson: K={self.n_hutchinson} exceeds the latent dimension {latent_dim}")
+            raise OptionError(f"K={self.n_hutchinson} exceeds the latent dimension {latent_dim}", key="n_hutchinson")
 
-    def loss(self, batch: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:
+    def loss(self, batch: Tensor, clock: Clock | int, model: ModelLike) -> dict[str, Tensor]:
         z, x_hat, surrogate, info = rectangular_flow_surrogate(
             batch, model.encode, model.decode, n_hutchinson=self.n_hutchinson, noise=self.noise,
             jacobian_at=self.jacobian_at, grad_to=self.grad_to, cg_tol=self.cg_tol, cg_max_iter=self.cg_max_iter,
         )
-        terms = self._assemble(batch, z, x_hat, surrogate, step, model)
+        terms = self._assemble(batch, z, x_hat, surrogate, clock, model)
         terms["cg_iterations"] = z.new_tensor(float(info["cg_iterations"]))
         return terms
 
@@ -102,7 +105,7 @@ class ExactFlow(_BetaMethod):
     side: Literal["decoder", "encoder"] = "decoder"
     chunk_size: int | None = None
 
-    def loss(self, batch: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:
+    def loss(self, batch: Tensor, clock: Clock | int, model: ModelLike) -> dict[str, Tensor]:
         if self.side == "decoder":
             z = model.encode(batch)
             x_hat = model.decode(z)
@@ -111,4 +114,4 @@ class ExactFlow(_BetaMethod):
             volume = -encoder_log_volume(model.encode, batch, chunk_size=self.chunk_size)
             z = model.encode(batch)
             x_hat = model.decode(z)
-        return self._assemble(batch, z, x_hat, volume, step, model)
+        return self._assemble(batch, z, x_hat, volume, clock, model)

@@ -23,8 +23,9 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
+from ..errors import OptionError
 from ..estimators import NOISE_KINDS, jvp, sample_noise, vjp
-from .base import Method, ModelLike, register_method
+from .base import Clock, Method, ModelLike, register_method
 
 __all__ = [
     "AEL2",
@@ -158,30 +159,28 @@ def spectral_normalised_layers(module: nn.Module) -> list[nn.Module]:
 
 def _check_nonnegative(method: Method, *keys: str) -> None:
     for key in keys:
-        lo = method._schedules[key].bounds()[0]
+        lo = method.schedules[key].bounds()[0]
         if lo < 0:
-            raise ValueError(f"{key}: the weight must be >= 0, got a minimum of {lo}")
+            raise OptionError(f"the weight must be >= 0, got a minimum of {lo}", key=key)
 
 
 def _check_hutchinson(n_hutchinson: int, noise: str) -> None:
     if isinstance(n_hutchinson, bool) or not isinstance(n_hutchinson, int) or n_hutchinson < 1:
-        raise ValueError(f"n_hutchinson: must be an integer >= 1, got {n_hutchinson!r}")
+        raise OptionError(f"must be an integer >= 1, got {n_hutchinson!r}", key="n_hutchinson")
     if noise not in NOISE_KINDS:
-        raise ValueError(f"noise: must be one of {', '.join(NOISE_KINDS)}, got {noise!r}")
+        raise OptionError(f"must be one of {', '.join(NOISE_KINDS)}, got {noise!r}", key="noise")
 
 
 def _check_trace_space(trace_space: str) -> None:
     if trace_space not in ("latent", "data"):
-        raise ValueError(f"trace_space: must be 'latent' or 'data', got {trace_space!r}")
+        raise OptionError(f"must be 'latent' or 'data', got {trace_space!r}", key="trace_space")
 
 
 def _check_hutchinson_dim(n_hutchinson: int, trace_space: str, latent_dim: int, data_dim: int) -> None:
     dim = latent_dim if trace_space == "latent" else data_dim
     if n_hutchinson > dim:
-        raise ValueError(
-            f"n_hutchinson: K={n_hutchinson} exceeds the {trace_space}-space dimension {dim} (K <= {dim}; "
-            f"K = {dim} orthogonal samples are already exact)"
-        )
+        raise OptionError(f"K={n_hutchinson} exceeds the {trace_space}-space dimension {dim} (K <= {dim}; "
+                          f"K = {dim} orthogonal samples are already exact)", key="n_hutchinson")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -214,11 +213,11 @@ class AEL2(Method):
         super().__post_init__()
         _check_nonnegative(self, "weight_decay")
 
-    def loss(self, batch: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:
+    def loss(self, batch: Tensor, clock: Clock | int, model: ModelLike) -> dict[str, Tensor]:
         z = model.encode(batch)
         terms = core_terms(batch, z, model.decode(z))
         penalty = decoder_weight_penalty(model)
-        return {"loss": terms["reconstruction"] + self.weight("weight_decay", step) * penalty, **terms,
+        return {"loss": terms["reconstruction"] + self.weight("weight_decay", clock) * penalty, **terms,
                 "weight_penalty": penalty}
 
 
@@ -248,7 +247,7 @@ class AESN(Method):
         super().__post_init__()
         n = self.n_power_iterations
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n_power_iterations: must be an integer >= 1, got {self.n_power_iterations!r}")
+            raise OptionError(f"must be an integer >= 1, got {self.n_power_iterations!r}", key="n_power_iterations")
 
     def prepare(self, model: ModelLike) -> None:
         """Adds a spectral-norm parametrisation to every weight layer of ``model.decoder`` (idempotent)."""
@@ -271,12 +270,10 @@ class AESN(Method):
         finally:
             decoder.train(was_training)
 
-    def loss(self, batch: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:
+    def loss(self, batch: Tensor, clock: Clock | int, model: ModelLike) -> dict[str, Tensor]:
         if not spectral_normalised_layers(_decoder_module(model, "ae_sn")):
-            raise ValueError(
-                "ae_sn: the decoder is not spectrally normalised; call method.prepare(model) once before training "
-                "(the engine does this)"
-            )
+            raise ValueError("ae_sn: the decoder is not spectrally normalised; call method.prepare(model) once before "
+                             "training (the engine does this)")
         z = model.encode(batch)
         terms = core_terms(batch, z, model.decode(z))
         return {"loss": terms["reconstruction"], **terms}
@@ -325,11 +322,11 @@ class CAE(_JacobianPenalty):
         1.0
     """
 
-    def loss(self, batch: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:
+    def loss(self, batch: Tensor, clock: Clock | int, model: ModelLike) -> dict[str, Tensor]:
         side = "output" if self.trace_space == "latent" else "input"
         z, penalty = jacobian_frobenius_sq(model.encode, batch, side=side, n_hutchinson=self.n_hutchinson, noise=self.noise)
         terms = core_terms(batch, z, model.decode(z))
-        loss = terms["reconstruction"] + self.weight("jacobian_weight", step) * penalty
+        loss = terms["reconstruction"] + self.weight("jacobian_weight", clock) * penalty
         return {"loss": loss, **terms, "encoder_jacobian_sq_norm": penalty}
 
 
@@ -341,12 +338,12 @@ class _RAE(Method):
         super().__post_init__()
         _check_nonnegative(self, *self.scheduled)
 
-    def _assemble(self, batch: Tensor, z: Tensor, x_hat: Tensor, step: int, name: str, penalty: Tensor,
+    def _assemble(self, batch: Tensor, z: Tensor, x_hat: Tensor, clock: Clock | int, name: str, penalty: Tensor,
                   weight_key: str) -> dict[str, Tensor]:
         terms = core_terms(batch, z, x_hat)
         latent_penalty = 0.5 * terms["latent_sq_norm"]
-        loss = (terms["reconstruction"] + self.weight("latent_weight", step) * latent_penalty
-                + self.weight(weight_key, step) * penalty)
+        loss = (terms["reconstruction"] + self.weight("latent_weight", clock) * latent_penalty
+                + self.weight(weight_key, clock) * penalty)
         return {"loss": loss, **terms, "latent_penalty": latent_penalty, name: penalty}
 
 
@@ -372,9 +369,9 @@ class RAEL2(_RAE):
     weight_decay: Any = 1e-7
     scheduled = ("latent_weight", "weight_decay")
 
-    def loss(self, batch: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:
+    def loss(self, batch: Tensor, clock: Clock | int, model: ModelLike) -> dict[str, Tensor]:
         z = model.encode(batch)
-        return self._assemble(batch, z, model.decode(z), step, "weight_penalty", decoder_weight_penalty(model), "weight_decay")
+        return self._assemble(batch, z, model.decode(z), clock, "weight_penalty", decoder_weight_penalty(model), "weight_decay")
 
 
 @register_method("rae_gp")
@@ -413,8 +410,8 @@ class RAEGP(_RAE):
     def check(self, *, latent_dim: int, data_dim: int) -> None:
         _check_hutchinson_dim(self.n_hutchinson, self.trace_space, latent_dim, data_dim)
 
-    def loss(self, batch: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:
+    def loss(self, batch: Tensor, clock: Clock | int, model: ModelLike) -> dict[str, Tensor]:
         z = model.encode(batch)
         side = "input" if self.trace_space == "latent" else "output"
         x_hat, penalty = jacobian_frobenius_sq(model.decode, z, side=side, n_hutchinson=self.n_hutchinson, noise=self.noise)
-        return self._assemble(batch, z, x_hat, step, "decoder_jacobian_sq_norm", penalty, "jacobian_weight")
+        return self._assemble(batch, z, x_hat, clock, "decoder_jacobian_sq_norm", penalty, "jacobian_weight")

@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import OptionError
+
 __all__ = ["Schedule", "Constant", "Linear", "Penalty", "as_schedule", "SCHEDULES"]
 
 
@@ -34,6 +36,11 @@ class Schedule:
     def bounds(self) -> tuple[float, float]:
         """The smallest and largest values over any training length (for validation)."""
         raise NotImplementedError  # pragma: no cover
+
+    @property
+    def spans_run(self) -> bool:
+        """Whether the schedule is defined over the run's length (so changing the length bends it)."""
+        return False
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,10 @@ class Linear(Schedule):
     def bounds(self) -> tuple[float, float]:
         return (min(self.start, self.end), max(self.start, self.end))
 
+    @property
+    def spans_run(self) -> bool:
+        return self.steps is None
+
 
 @dataclass(frozen=True)
 class Penalty(Schedule):
@@ -116,10 +127,10 @@ def as_schedule(value: Any, key: str = "value") -> Schedule:
     if isinstance(value, Schedule):
         return value
     if isinstance(value, bool):
-        raise ValueError(f"{key}: expected a number or a schedule mapping, got {value!r}")
+        raise OptionError(f"expected a number or a schedule mapping, got {value!r}", key=key)
     if isinstance(value, (int, float)):
         if not math.isfinite(value):
-            raise ValueError(f"{key}: must be a finite number, got {value}")
+            raise OptionError(f"must be a finite number, got {value}", key=key)
         return Constant(float(value))
     if isinstance(value, dict):
         options = dict(value)
@@ -136,7 +147,7 @@ def as_schedule(value: Any, key: str = "value") -> Schedule:
         try:
             sched = SCHEDULES[name](**options)
         except TypeError as e:
-            raise ValueError(f"{key}: bad arguments for schedule {name!r}: {e}") from None
+            raise OptionError(f"bad arguments for schedule {name!r}: {e}", key=key) from None
         if isinstance(sched, Linear) and sched.steps is not None and sched.steps < 1:
             raise ValueError(f"{key}.steps: must be >= 1, got {sched.steps}")
         if isinstance(sched, Penalty) and not sched.nu > 0:
@@ -148,4 +159,4 @@ def as_schedule(value: Any, key: str = "value") -> Schedule:
         if isinstance(sched, Linear) and sched.steps is not None and sched.begin >= sched.steps - 1:
             raise ValueError(f"{key}.begin: must be < steps - 1 = {sched.steps - 1}, got {sched.begin}")
         return sched
-    raise ValueError(f"{key}: expected a number or a schedule mapping, got {value!r}")
+    raise OptionError(f"expected a number or a schedule mapping, got {value!r}", key=key)

@@ -15,18 +15,23 @@ The decoder is :math:`p(x|z) = \mathcal N(g(z), \sigma^2 I_D)`, the posterior
 
 Kumar et al.: "For VAE, σ² is taken to be 1, while for β-VAE, varying σ directly controls β, with β = σ²".
 
-**Where the log-variance network lives.** A method never owns networks, and the encoder must keep its
-(B, d) contract, so :meth:`VAE.prepare` (for the engine to call before training and whenever it rebuilds the model
-from its config) wraps the model's encoder in a :class:`GaussianEncoder` whose ``forward`` is the unchanged mean
-network and whose ``posterior(x)`` also returns :math:`s(x)`, computed by a freshly initialised copy of the encoder
-followed by a zero-initialised d×d linear layer (so training starts from :math:`q = \mathcal N(\mu, I)`).
-:meth:`VAE.finalize` optionally unwraps it, leaving a plain encoder/decoder pair with :math:`f = \mu`. An encoder
-that already has ``posterior(x) -> (mean, log_variance)`` is used as it is.
+**Where the log-variance lives.** A method never owns networks, and the encoder must keep its (B, d) contract, so
+:meth:`VAE.prepare` (for the engine to call before training and whenever it rebuilds the model from its config)
+wraps the model's encoder in a :class:`~injflow.nets.variance.GaussianEncoder`: one trunk, two linear heads, as the
+Pythae benchmark's VAE encoders — the encoder's own latent projection gives :math:`\mu`, a second ``nn.Linear``
+parallel to it gives :math:`s` (on the encoder's output for encoders without such a layer). ``forward`` stays the
+unchanged mean network; :meth:`VAE.finalize` optionally unwraps it, leaving a plain encoder/decoder pair with
+:math:`f = \mu`. An encoder that already has ``posterior(x) -> (mean, log_variance)`` is used as it is.
+
+**What ``reconstruction`` is here.** The decoder runs once per step, at the sampled code :math:`\tilde z`; the term
+``reconstruction`` is :math:`\|g(\tilde z) - x\|^2`, the reconstruction of the stochastic encoder
+:math:`f(x) = \tilde z \sim q(z|x)`, the quantity the loss uses. It is not :math:`\|g(\mu) - x\|^2` (which would need a
+second decoder pass only for logging); that deterministic error of the exported mean encoder is
+``reconstruction_error`` of ``injflow evaluate``. The two agree as the posterior variance goes to zero.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -35,53 +40,11 @@ import torch
 from torch import Tensor, nn
 
 from ..distributions import IsotropicNormal
-from .base import Method, ModelLike, register_method
-from .regularised import core_terms
+from ..errors import OptionError
+from ..nets.variance import GaussianEncoder
+from .base import Clock, Method, ModelLike, register_method
 
 __all__ = ["GaussianEncoder", "VAE", "BetaVAE", "gaussian_kl"]
-
-
-class GaussianEncoder(nn.Module):
-    r"""An encoder with a diagonal Gaussian posterior: ``forward(x)`` = mean (B, d), ``posterior(x)`` = (mean, log-variance).
-
-    Arguments:
-        mean_net: The mean network (the model's original encoder).
-        log_variance_net: Maps ``(B, *data_shape)`` to the log-variance (B, d).
-        attached: True when :meth:`VAE.prepare` built it (then :meth:`VAE.finalize` unwraps it).
-
-    Example:
-        >>> enc = GaussianEncoder(nn.Linear(3, 2), nn.Linear(3, 2))
-        >>> [t.shape for t in enc.posterior(torch.randn(4, 3))]
-        [torch.Size([4, 2]), torch.Size([4, 2])]
-    """
-
-    def __init__(self, mean_net: nn.Module, log_variance_net: nn.Module, *, attached: bool = False) -> None:
-        super().__init__()
-        self.mean_net = mean_net
-        self.log_variance_net = log_variance_net
-        self.attached = attached
-
-    @classmethod
-    def around(cls, encoder: nn.Module, latent_dim: int) -> GaussianEncoder:
-        """Wraps ``encoder`` with a re-initialised copy of it plus a zero-initialised d×d head as log-variance net."""
-        body = copy.deepcopy(encoder)
-        for m in body.modules():
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
-        head = nn.Linear(latent_dim, latent_dim)
-        nn.init.zeros_(head.weight)
-        nn.init.zeros_(head.bias)
-        ref = next(iter(encoder.parameters()), None)
-        if ref is not None:
-            head = head.to(device=ref.device, dtype=ref.dtype)
-        return cls(encoder, nn.Sequential(body, head), attached=True)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.mean_net(x)
-
-    def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The posterior mean and log-variance, each (B, d)."""
-        return self.mean_net(x), self.log_variance_net(x)
 
 
 def gaussian_kl(mean: Tensor, log_variance: Tensor, prior_sigma: float = 1.0) -> Tensor:
@@ -106,6 +69,9 @@ class _GaussianVAE(Method):
             raise ValueError(f"{self.name}: the model exposes no `encoder` nn.Module to attach a posterior variance to")
         if hasattr(encoder, "posterior"):
             return
+        if getattr(model, "conditional", False):
+            raise ValueError(f"{self.name}: a class-conditional model has no posterior variance head; set "
+                             "model.conditional=false to train a VAE")
         model.encoder = GaussianEncoder.around(encoder, model.latent.dim)
 
     def finalize(self, model: ModelLike) -> None:
@@ -115,31 +81,29 @@ class _GaussianVAE(Method):
             model.encoder = encoder.mean_net
 
     def terms(self, batch: Tensor, model: ModelLike) -> dict[str, Tensor]:
-        """The per-sample pieces: core terms at the mean, the sampled reconstruction, KL and posterior variance."""
+        """The per-sample pieces from one trunk pass and one decoder pass: reconstruction at the sampled code, ‖μ‖²,
+        KL and posterior variance."""
         posterior = getattr(getattr(model, "encoder", None), "posterior", None)
         if posterior is None:
-            raise ValueError(
-                f"{self.name}: the model's encoder has no posterior variance; call method.prepare(model) once before "
-                "training (the engine does this), or give an encoder with posterior(x) -> (mean, log_variance)"
-            )
+            raise ValueError(f"{self.name}: the model's encoder has no posterior variance; call method.prepare(model) once "
+                             "before training (the engine does this), or give an encoder with posterior(x) -> (mean, "
+                             "log_variance)")
         mean, log_var = posterior(batch)
         if log_var.shape != mean.shape:
-            raise ValueError(
-                f"{self.name}: posterior log-variance shape {tuple(log_var.shape)} != mean shape {tuple(mean.shape)}"
-            )
+            raise ValueError(f"{self.name}: posterior log-variance shape {tuple(log_var.shape)} != mean shape "
+                             f"{tuple(mean.shape)}")
         eps = torch.randn_like(mean)
         z = mean + (0.5 * log_var).exp() * eps
-        sampled = (model.decode(z) - batch).flatten(1).pow(2).sum(1)
+        # The loss's own decoder output: no second pass at the mean only to log it (module docstring).
+        reconstruction = (model.decode(z) - batch).flatten(1).pow(2).sum(1)
         latent = model.latent
         if isinstance(latent, IsotropicNormal):
             kl = gaussian_kl(mean, log_var, latent.sigma)
         else:  # one-sample Monte-Carlo KL, log q(z|x) - log p(z)
             log_q = -0.5 * (eps.pow(2) + log_var + math.log(2 * math.pi)).sum(1)
             kl = log_q - latent.log_prob(z)
-        with torch.no_grad():  # the deterministic reconstruction every method reports (one extra decoder pass)
-            core = core_terms(batch, mean, model.decode(mean))
-        core["latent_sq_norm"] = mean.pow(2).sum(1)  # keeps its graph, like the other methods' latent term
-        return {**core, "sampled_reconstruction": sampled, "kl": kl, "posterior_variance": log_var.exp().mean(1)}
+        return {"reconstruction": reconstruction, "latent_sq_norm": mean.pow(2).sum(1), "kl": kl,
+                "posterior_variance": log_var.exp().mean(1)}
 
 
 @register_method("vae")
@@ -164,13 +128,13 @@ class VAE(_GaussianVAE):
         super().__post_init__()
         sigma = self.sigma
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0 or not math.isfinite(sigma):
-            raise ValueError(f"sigma: the decoder's standard deviation must be a finite number > 0, got {self.sigma!r}")
+            raise OptionError(f"the decoder's standard deviation must be a finite number > 0, got {self.sigma!r}", key="sigma")
 
-    def loss(self, batch: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:
+    def loss(self, batch: Tensor, clock: Clock | int, model: ModelLike) -> dict[str, Tensor]:
         t = self.terms(batch, model)
         s2 = float(self.sigma) ** 2
         data_dim = batch[0].numel()
-        expected_nll = t["sampled_reconstruction"] / (2 * s2) + 0.5 * data_dim * math.log(2 * math.pi * s2)
+        expected_nll = t["reconstruction"] / (2 * s2) + 0.5 * data_dim * math.log(2 * math.pi * s2)
         return {"loss": expected_nll + t["kl"], **t, "expected_nll": expected_nll}
 
 
@@ -197,10 +161,10 @@ class BetaVAE(_GaussianVAE):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        lo = self._schedules["beta"].bounds()[0]
+        lo = self.schedules["beta"].bounds()[0]
         if lo < 0:
-            raise ValueError(f"beta: the KL weight must be >= 0, got a minimum of {lo}")
+            raise OptionError(f"the KL weight must be >= 0, got a minimum of {lo}", key="beta")
 
-    def loss(self, batch: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:
+    def loss(self, batch: Tensor, clock: Clock | int, model: ModelLike) -> dict[str, Tensor]:
         t = self.terms(batch, model)
-        return {"loss": 0.5 * t["sampled_reconstruction"] + self.weight("beta", step) * t["kl"], **t}
+        return {"loss": 0.5 * t["reconstruction"] + self.weight("beta", clock) * t["kl"], **t}

@@ -30,7 +30,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .base import Method, ModelLike, register_method
+from ..errors import OptionError
+from .base import Clock, Method, ModelLike, register_method
 from .regularised import core_terms
 
 __all__ = ["WAEMMD", "mmd_squared", "kernel_matrix"]
@@ -48,7 +49,7 @@ def kernel_matrix(
         [[2.0], [2.0]]
     """
     if kernel not in KERNELS:
-        raise ValueError(f"kernel: must be one of {', '.join(KERNELS)}, got {kernel!r}")
+        raise OptionError(f"must be one of {', '.join(KERNELS)}, got {kernel!r}", key="kernel")
     # ‖a − b‖² without the (n, m, d) difference tensor; clamped at 0 against round-off.
     sq = (a.pow(2).sum(1)[:, None] + b.pow(2).sum(1)[None, :] - 2 * a @ b.T).clamp_min(0)
     base = 2.0 * a.shape[1] * float(bandwidth) ** 2
@@ -107,21 +108,21 @@ class WAEMMD(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        lo = self._schedules["mmd_weight"].bounds()[0]
+        lo = self.schedules["mmd_weight"].bounds()[0]
         if lo < 0:
-            raise ValueError(f"mmd_weight: the weight must be >= 0, got a minimum of {lo}")
+            raise OptionError(f"the weight must be >= 0, got a minimum of {lo}", key="mmd_weight")
         if self.kernel not in KERNELS:
-            raise ValueError(f"kernel: must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
+            raise OptionError(f"must be one of {', '.join(KERNELS)}, got {self.kernel!r}", key="kernel")
         if isinstance(self.bandwidth, bool) or not isinstance(self.bandwidth, (int, float)) or not self.bandwidth > 0:
-            raise ValueError(f"bandwidth: must be a number > 0, got {self.bandwidth!r}")
+            raise OptionError(f"must be a number > 0, got {self.bandwidth!r}", key="bandwidth")
         if (not isinstance(self.scales, (list, tuple)) or not self.scales
                 or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in self.scales)):
-            raise ValueError(f"scales: must be a non-empty list of numbers > 0, got {self.scales!r}")
+            raise OptionError(f"must be a non-empty list of numbers > 0, got {self.scales!r}", key="scales")
         self.scales = [float(s) for s in self.scales]
 
-    def loss(self, batch: Tensor, step: int, model: ModelLike) -> dict[str, Tensor]:
+    def loss(self, batch: Tensor, clock: Clock | int, model: ModelLike) -> dict[str, Tensor]:
         z = model.encode(batch)
         terms = core_terms(batch, z, model.decode(z))
         prior = model.latent.sample(z.shape[0]).to(device=z.device, dtype=z.dtype)
         mmd = mmd_squared(z, prior, kernel=self.kernel, bandwidth=self.bandwidth, scales=self.scales)
-        return {"loss": terms["reconstruction"] + self.weight("mmd_weight", step) * mmd, **terms, "mmd": mmd}
+        return {"loss": terms["reconstruction"] + self.weight("mmd_weight", clock) * mmd, **terms, "mmd": mmd}

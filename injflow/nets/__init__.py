@@ -36,6 +36,7 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "use_composite_batchnorm",
+    "GaussianEncoder",
 ]
 
 from .conv import ConvResBlock
@@ -54,3 +55,4 @@ from .kumar import kumar_conv_autoencoder
 from .normalization import BatchNorm1d, BatchNorm2d, use_composite_batchnorm
 from .pythae import pythae_convnet_autoencoder, pythae_resnet_autoencoder
 from .registry import ARCHITECTURES, architecture_options, available_architectures, build_autoencoder, register_architecture
+from .variance import GaussianEncoder

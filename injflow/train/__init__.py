@@ -1,28 +1,11 @@
-"""The training engine: the Lightning module, data module, callbacks and the fit runner.
+"""The training engine: the fit runner (:mod:`~injflow.train.runner`), the resume policy, the Lightning module, data
+module, callbacks, loggers and trainer wiring.
 
-The config (:mod:`injflow.config`) and the model (:mod:`injflow.model`) live outside this package — neither needs
-Lightning — and are re-exported here for convenience.
+Importing this package imports no Lightning: :mod:`~injflow.train.runner` checks a whole run (config, data, nets,
+folder) before :mod:`~injflow.train.trainer` brings Lightning in, so a mistake is reported at once. The config lives in
+:mod:`injflow.config`, the model in :mod:`injflow.model`, inference-time loading in :mod:`injflow.loading`.
 """
 
-from ..config import Config, ConfigError, config_from_dict, config_to_dict, load_config
-from ..errors import NonFiniteLossError, RunInterrupted
-from ..model import InjectiveFlow
-from .module import FlowModule
-from .runner import FitResult, RunData, fit_config, prepare_run, resume_run
+from .runner import FitResult, RunPlan, fit_config, prepare_run, resume_run
 
-__all__ = [
-    "Config",
-    "ConfigError",
-    "FitResult",
-    "FlowModule",
-    "InjectiveFlow",
-    "NonFiniteLossError",
-    "RunData",
-    "RunInterrupted",
-    "config_from_dict",
-    "config_to_dict",
-    "fit_config",
-    "load_config",
-    "prepare_run",
-    "resume_run",
-]
+__all__ = ["FitResult", "RunPlan", "fit_config", "prepare_run", "resume_run"]

@@ -83,25 +83,19 @@ class MetricsCSVLogger(Logger):
     Arguments:
         path: The CSV file.
         keep_rows: When resuming, the row count recorded in the checkpoint.
-        resume_step: When resuming from a checkpoint without a row count (older injflow): keep rows before this step.
     """
 
-    def __init__(self, path: str | Path, *, keep_rows: int | None = None, resume_step: int | None = None) -> None:
+    def __init__(self, path: str | Path, *, keep_rows: int | None = None) -> None:
         super().__init__()
         self.path = Path(path)
         self._pending: list[dict[str, Any]] = []
         self._rows: list[dict[str, str]] = []
         self._keys: list[str] = []
-        if self.path.exists() and (keep_rows is not None or resume_step is not None):
+        if self.path.exists() and keep_rows is not None:
             with open(self.path, newline="") as f:
                 reader = csv.DictReader(f)
-                rows = list(reader)
+                self._rows = list(reader)[:keep_rows]
                 self._keys = [k for k in (reader.fieldnames or []) if k != "step"]
-            if keep_rows is not None:
-                rows = rows[:keep_rows]
-            else:
-                rows = [r for r in rows if int(float(r.get("step") or 0)) < resume_step]
-            self._rows = rows
         if rank_zero_only.rank == 0:  # every DDP process builds the logger; one writes the file
             self._rewrite()
 

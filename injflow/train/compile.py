@@ -1,16 +1,10 @@
 r"""``train.compile``: the FIF gradient as one ``torch.compile``-d function of the parameters.
 
-``torch.compile`` cannot run the eager estimators: forward-mode AD through compiled modules is not supported, and
-compiled backward passes are not twice differentiable. So the compiled path writes FIF's default estimator (FIF
-eq. 17: mixed AD, latent-space trace, encoder Jacobian at x, gradient to the encoder) with ``torch.func``
-transforms, which the compiler traces whole:
-
-.. math:: \mathcal L = -\log p_Z(z) - \tfrac1K\sum_k \epsilon_k^\top f'(x)\,\mathrm{sg}\big(g'(z)\epsilon_k\big)
-          + \beta\|g(z) - x\|^2,\qquad z = f(x),
-
-with ``vjp`` of the encoder (one forward shared with the NLL) and ``jvp`` of the decoder (whose primal output is
-:math:`\hat x`), and ``grad`` over the parameters. Nets with running statistics (BatchNorm) are refused: the
-transforms cannot update buffers in place. The engine then hands the gradient to the optimiser through a
+``torch.compile`` cannot run the eager estimators (forward-mode AD through compiled modules is not supported, and
+compiled backward passes are not twice differentiable), so the compiled path trains FIF's default estimator in its
+``torch.func`` form, :func:`injflow.estimators.fif_loss_functional` (the estimator lives with the others; this module
+only binds it to the model's parameters and compiles ``grad`` of it). Nets with running statistics (BatchNorm) are
+refused: the transforms cannot update buffers in place. The engine then hands the gradient to the optimiser through a
 scalar whose gradient it is exactly (:func:`gradient_carrier`), so clipping, schedulers and DDP work unchanged.
 Noise is drawn by :func:`injflow.estimators.sample_noise` from the same stream as the eager estimator, and the
 tests check that the compiled and eager gradients agree.
@@ -67,7 +61,9 @@ class CompiledFIF:
     """
 
     def __init__(self, flow: Any, method: Any, backend: str = "inductor") -> None:
-        from torch.func import functional_call, grad_and_value, jvp, vjp
+        from torch.func import functional_call, grad_and_value
+
+        from ..estimators import fif_loss_functional
 
         check_compilable(method, flow)
         self.flow, self.method = flow, method
@@ -80,23 +76,14 @@ class CompiledFIF:
             state = {**params, **buffers}
             pe = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
             pd = {k.removeprefix("decoder."): v for k, v in state.items() if k.startswith("decoder.")}
-            z, encoder_vjp = vjp(lambda u: functional_call(encoder, pe, (u,)), x)
-            x_hat, surrogate = None, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-            for e in eps:  # K Hutchinson samples, FIF eq. 17 (the first decoder JVP also yields x̂, App. D.2)
-                out, decoder_jvp = jvp(lambda w: functional_call(decoder, pd, (w,)), (z,), (e,))
-                x_hat = out if x_hat is None else x_hat
-                (eps_f,) = encoder_vjp(e)
-                surrogate = surrogate - (eps_f * decoder_jvp.detach()).flatten(1).sum(1) / eps.shape[0]
-            nll = -latent.log_prob(z) + surrogate
-            reconstruction = (x_hat - x).flatten(1).pow(2).sum(1)
-            total = nll + beta * reconstruction
-            terms = {"loss": total, "nll": nll, "reconstruction": reconstruction, "surrogate": surrogate,
-                     "latent_sq_norm": z.detach().flatten(1).pow(2).sum(1)}
-            return total.mean(), {k: v.detach() for k, v in terms.items()}
+            terms = fif_loss_functional(x, lambda u: functional_call(encoder, pe, (u,)),
+                                        lambda w: functional_call(decoder, pd, (w,)), eps, beta=beta,
+                                        latent_log_prob=latent.log_prob)
+            return terms["loss"].mean(), {k: v.detach() for k, v in terms.items()}
 
         self._fn: Callable[..., Any] = torch.compile(grad_and_value(loss, has_aux=True), backend=backend, dynamic=False)
 
-    def __call__(self, x: Tensor, step: int) -> tuple[dict[str, Tensor], list[Tensor]]:
+    def __call__(self, x: Tensor, clock: Any) -> tuple[dict[str, Tensor], list[Tensor]]:
         """The loss terms (per sample) and the gradients of the mean loss for one batch."""
         from ..estimators import sample_noise
 
@@ -104,7 +91,7 @@ class CompiledFIF:
         with torch.no_grad():
             d = self.flow.latent_dim
         eps = sample_noise(x.shape[0], (d,), m.n_hutchinson, m.noise, dtype=x.dtype, device=x.device)
-        beta = torch.tensor(m.weight("beta", step), dtype=x.dtype, device=x.device)
+        beta = torch.tensor(m.weight("beta", clock), dtype=x.dtype, device=x.device)
         params = {n: p.detach() for n, p in zip(self.names, self.params)}
         buffers = dict(self.flow.named_buffers())
         grads, (_, terms) = self._fn(params, buffers, x, eps, beta)

@@ -17,7 +17,6 @@ the training RNG stream is untouched), optionally with EMA weights.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any
 
 import lightning as L
@@ -26,7 +25,8 @@ from torch import Tensor, nn
 
 from ..config import OptimConfig
 from ..errors import NonFiniteLossError
-from ..methods import Method
+from ..estimators import skip_input_checks
+from ..methods import Clock, Method
 from ..model import InjectiveFlow
 
 __all__ = ["FlowModule", "NonFiniteLossError"]
@@ -134,6 +134,10 @@ class FlowModule(L.LightningModule):
             nets = nn.ModuleDict({"encoder": flow.encoder, "decoder": flow.decoder})
             self.ema = AveragedModel(nets, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
             self.ema.requires_grad_(False)
+            from .ema import EMAUpdater
+
+            # AveragedModel's own update reads its counter on the host twice per step (two GPU synchronisations).
+            self._ema_update = EMAUpdater(self.ema, ema_decay)
         self._rng_to_restore: dict[str, Any] | None = None
         self._train_sums, self._val_sums = _EpochSums(), _EpochSums()
         self._first_bad_step: Tensor | None = None
@@ -144,9 +148,11 @@ class FlowModule(L.LightningModule):
         self.csv_logger: Any = None
         #: The compiled FIF gradient (``train.compile``), or ``None`` for eager training.
         self.compiled: Any = None
-        #: Extra estimator context during training steps (the engine turns the per-step input checks off: the data
-        #: were validated once before training).
-        self.step_context: Any = nullcontext
+        #: The run's number of optimiser steps (``None`` if unknown), known once the trainer starts.
+        self.total_steps: int | None = None
+        #: Estimator context during training steps: the per-step input checks are off (the data were validated once,
+        #: before training).
+        self.step_context: Any = skip_input_checks
 
     # ------------------------------------------------------------------ views
 
@@ -174,7 +180,7 @@ class FlowModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         total = self.trainer.estimated_stepping_batches
-        self.method.total_steps = int(total) if total != float("inf") else None
+        self.total_steps = int(total) if total != float("inf") else None
         device = self.device
         explicit = self.check_finite_every_n_steps
         self._check_every = explicit or (1 if device.type == "cpu" else ACCELERATOR_CHECK_EVERY)
@@ -201,16 +207,19 @@ class FlowModule(L.LightningModule):
             return None
         return min(1.0, float(self._timer.time_elapsed("train")) / self.max_time)
 
+    def clock(self) -> Clock:
+        """Where training stands now: what the method's schedules read (handed to ``loss``, never stored in it)."""
+        return Clock(self.global_step, self.total_steps, self.budget_progress())
+
     def _split(self, batch: Any) -> tuple[Tensor, Tensor | None]:
         if isinstance(batch, (tuple, list)):
             return batch[0], batch[1]
         return batch, None
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        step = self.global_step
+        clock = self.clock()
+        step = clock.step
         x, c = self._split(batch)
-        if self.max_time:
-            self.method.progress = self.budget_progress()
         if self.input_noise > 0:
             x = x + self.input_noise * torch.randn_like(x)
         model = self.flow if c is None else self.flow.given(c)
@@ -218,9 +227,9 @@ class FlowModule(L.LightningModule):
         try:
             with self.step_context():
                 if self.compiled is not None:
-                    terms, grads = self.compiled(x, step)
+                    terms, grads = self.compiled(x, clock)
                 else:
-                    terms = self.method.loss(x, step, model)
+                    terms = self.method.loss(x, clock, model)
         except ValueError as e:  # a bad batch (the estimators' input checks): a collective stop under DDP
             if self.trainer.world_size == 1:
                 raise
@@ -231,7 +240,7 @@ class FlowModule(L.LightningModule):
         self._check_finite(loss, terms, x, step, batch_idx, error)
         self._train_sums.add(terms, x.shape[0])
         if (step + 1) % self.log_every_n_steps == 0:
-            self._log_step(terms, step)
+            self._log_step(terms, clock)
         if batch_idx + 1 == self.trainer.num_training_batches:
             # The epoch's row is written here, before validation and before any end-of-epoch checkpoint, so a run
             # resumed from that checkpoint neither repeats nor loses it.
@@ -295,9 +304,10 @@ class FlowModule(L.LightningModule):
                for i, c in enumerate(gathered) if c and not c.startswith("another process")]
         return own or [cause]
 
-    def _log_step(self, terms: dict[str, Tensor], step: int) -> None:
+    def _log_step(self, terms: dict[str, Tensor], clock: Clock) -> None:
+        step = clock.step
         values = {f"train/{k}_step": float(v.detach().float().mean()) for k, v in terms.items()}
-        values.update({f"train/{k}": float(v) for k, v in self.method.weights(step).items()})
+        values.update({f"train/{k}": float(v) for k, v in self.method.weights(clock).items()})
         for i, opt in enumerate(self.trainer.optimizers):
             name = f"lr-{type(opt).__name__}" + (f"-{i}" if i else "")
             values[name] = float(opt.param_groups[0]["lr"])
@@ -331,7 +341,7 @@ class FlowModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None:
-            self.ema.update_parameters(nn.ModuleDict({"encoder": self.flow.encoder, "decoder": self.flow.decoder}))
+            self._ema_update(nn.ModuleDict({"encoder": self.flow.encoder, "decoder": self.flow.decoder}))
 
     def on_train_epoch_end(self) -> None:
         if self._train_sums.count:  # an epoch cut short by train.max_steps or train.max_time
@@ -343,7 +353,7 @@ class FlowModule(L.LightningModule):
         devices = [x.device] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.enable_grad(), self.step_context():
             torch.manual_seed(self.seed * 7919 + batch_idx)
-            terms = self.method.loss(x, self.global_step, self.eval_nets(c))
+            terms = self.method.loss(x, self.clock(), self.eval_nets(c))
         self._val_sums.add(terms, x.shape[0])
 
     def on_validation_epoch_end(self) -> None:
@@ -385,7 +395,7 @@ class FlowModule(L.LightningModule):
     def describe_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Adds what injflow keeps in a checkpoint besides weights and RNG states: the model description, the
         running sums of an interrupted epoch and the CSV row count (no collective: any process may call it)."""
-        from ..model import CHECKPOINT_FORMAT
+        from ..persistence import CHECKPOINT_FORMAT
 
         checkpoint["injflow"] = {"format": CHECKPOINT_FORMAT, "version": 1, **self.describe}
         checkpoint["injflow_epoch_sums"] = self._train_sums.state_dict()
@@ -394,5 +404,7 @@ class FlowModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._rng_to_restore = checkpoint.get("injflow_rng")
+        if self.ema is not None:
+            self._ema_update.reset()  # the restored counter is read again at the next update
         if "injflow_epoch_sums" in checkpoint:
             self._train_sums.load_state_dict(checkpoint["injflow_epoch_sums"], self.device)
