@@ -56,8 +56,7 @@ def build_step(config: str | None, overrides: list[str], shape: tuple[int, ...],
     torch.manual_seed(0)
     flow = InjectiveFlow.from_config(cfg, data_shape=shape, data_kind=kind,
                                      image_shape=shape if kind == "image" else None)
-    method = cfg.build_method()
-    method.total_steps = 1000
+    method = cfg.build_method() if hasattr(cfg, "build_method") else cfg.method  # before and after issue 25
     flow.to(device).train()
     optimizer = torch.optim.Adam(flow.parameters(), lr=1e-4)
     x = torch.rand(cfg.data.batch_size, *shape, device=device)

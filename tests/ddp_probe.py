@@ -59,13 +59,14 @@ class _NanGradient(torch.autograd.Function):
 def probe_method(base: str, nan_grad_at: int | None):
     cls = method_class(base)
 
-    def loss(self, batch, step, model):
+    def loss(self, batch, clock, model):
+        step = getattr(clock, "step", clock)
         if STEP[0] == 0 and RECORD["step0"] is None:  # the first training step (not the dry run, not validation)
             c = getattr(model, "c", None)
             RECORD["step0"] = {"x": batch.detach().cpu().clone(), "eps": [],
                                "c": None if c is None else c.detach().cpu().clone(),
                                "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-        terms = cls.loss(self, batch, step, model)
+        terms = cls.loss(self, batch, clock, model)
         if nan_grad_at is not None and step == nan_grad_at and torch.is_grad_enabled():
             terms["loss"] = terms["loss"] + _NanGradient.apply(terms["loss"])
         return terms

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from injflow.config import TrainConfig, config_from_dict, load_config
-from injflow.methods import METHODS, build_method
+from injflow.methods import METHODS, Clock, build_method
 from injflow.model import InjectiveFlow
 from injflow.train.distributed import own_rng_state, process_seed, resolve_strategy
 
@@ -64,15 +64,14 @@ def single_process_gradients(run: Path, ranks: list[dict], monkeypatch: pytest.M
     saved = yaml.safe_load((run / "config.yaml").read_text())
     saved["method"]["name"] = saved["method"]["name"].removeprefix("probe_")  # the probe's subclass: the same loss
     cfg = config_from_dict(saved)
-    method = cfg.build_method()
-    method.total_steps = 5
+    method = cfg.method
     x = torch.cat([r["step0"]["x"] for r in ranks])
     flow = InjectiveFlow.from_config(cfg, data_shape=tuple(x.shape[1:]), data_kind="tabular")
     getattr(method, "prepare", lambda m: None)(flow)
     flow.load_state_dict(ranks[0]["step0"]["state"])
     draws = iter([torch.cat(pair, dim=1) for pair in zip(*(r["step0"]["eps"] for r in ranks))])
     monkeypatch.setattr(estimators, "sample_noise", lambda *a, **k: next(draws))
-    method.loss(x, 0, flow)["loss"].mean().backward()
+    method.loss(x, Clock(0, total_steps=5), flow)["loss"].mean().backward()
     return {n: p.grad for n, p in flow.named_parameters()}
 
 
@@ -191,7 +190,6 @@ def test_every_method_that_leaves_parameters_without_gradient_says_so():
     x = torch.randn(8, 4)
     for name in sorted(n for n in METHODS if not n.startswith("probe_")):
         method = build_method(name)
-        method.total_steps = 10
         architecture = {"rnf": "injective_coupling", "dnf": "injective_coupling", "trumpet": "trumpet"}.get(name, "mlp")
         cfg = load_config(None, ["data.name=linear_subspace", "model.latent_dim=2", f"model.architecture={architecture}",
                                  "model.options={}", f"method={{name: {name}}}"])
@@ -200,6 +198,6 @@ def test_every_method_that_leaves_parameters_without_gradient_says_so():
         unused = set()
         for step in (0, 9):
             flow.zero_grad(set_to_none=True)
-            method.loss(x, step, flow)["loss"].mean().backward()
+            method.loss(x, Clock(step, total_steps=10), flow)["loss"].mean().backward()
             unused |= {n for n, p in flow.named_parameters() if p.requires_grad and p.grad is None}
         assert bool(unused) == method.unused_parameters, (name, sorted(unused)[:3])

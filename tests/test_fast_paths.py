@@ -158,7 +158,8 @@ def test_bf16_mixed_training_runs_orthogonal_noise_and_conjugate_gradients(tmp_p
     tolerance; before, bfloat16 CG never met tol = 1e-6 and always ran 2d iterations)."""
     import csv
 
-    from injflow.train import fit_config, load_config
+    from injflow.config import load_config
+    from injflow.train import fit_config
 
     cfg = load_config(None, ["train.precision=bf16-mixed", "method={name: rectangular_flow, beta: 20.0, n_hutchinson: 2}",
                              "data.name=linear_subspace", "data.options={n_train: 400, n_val: 100, n_test: 100}",
