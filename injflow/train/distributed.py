@@ -123,14 +123,15 @@ def _floating_state(pl_module: Any, trainer: Any) -> list[tuple[str, Tensor]]:
 
 
 def non_finite_state(trainer: Any, pl_module: Any) -> list[str]:
-    """Names of this process's weights, buffers and optimiser moments that hold NaN or inf (one host read)."""
+    """Names of this process's weights, buffers and optimiser moments that hold NaN or inf (one host read per device:
+    Adam's step counters live on the host, the rest on the training device)."""
     named = _floating_state(pl_module, trainer)
-    if not named:
+    by_device: dict[torch.device, list[Tensor]] = {}
+    for _, v in named:
+        by_device.setdefault(v.device, []).append(torch.isfinite(v).all())
+    if all(bool(torch.stack(flags).all()) for flags in by_device.values()):
         return []
-    finite = torch.stack([torch.isfinite(v).all().to(named[0][1].device) for _, v in named])
-    if bool(finite.all()):
-        return []
-    return [k for (k, _), ok in zip(named, finite.tolist()) if not ok]
+    return [k for k, v in named if not bool(torch.isfinite(v).all())]
 
 
 def check_finite_state(trainer: Any, pl_module: Any, path: Any) -> None:
