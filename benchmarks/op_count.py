@@ -6,14 +6,13 @@ loss with its JVP/VJP products, the backward pass, the Adam update); "leaf" oper
 are about the kernels a GPU would launch. The step is the engine's (inputs checked once, so no per-step input check),
 without Lightning around it.
 
-    python benchmarks/op_count.py --json out.json --markdown out.md
-    python benchmarks/op_count.py --compare /path/to/older/checkout ...   # the same step on both, interleaved
+    python benchmarks/op_count.py --compare /path/to/older/checkout --markdown out.md   # before → after
     python benchmarks/op_count.py --device cuda --rounds 20             # CUDA kernels, host syncs, ms per step
 
-``--compare`` runs the measurement in subprocesses, alternating this tree and the other ``--repeats`` times, so both
-see the same machine load; step times are medians over all of a tree's rounds (``--rounds`` steps of the conv nets,
-ten times as many of the default step, which takes milliseconds). Threads: ``--threads 1 2`` sets
-torch's threads and bounds the BLAS/OpenMP pools with threadpoolctl.
+``--compare`` builds the same steps in two processes, one per tree, and times one step of each in turn (never both at
+once), so the paired ratio after/before of each round cancels the load drift of a shared machine (without
+``--compare`` the tree is compared with itself, which shows the noise floor). Threads: ``--threads 1 2`` sets torch's
+threads and bounds the BLAS/OpenMP pools with threadpoolctl.
 """
 
 from __future__ import annotations
@@ -171,75 +170,95 @@ def markdown_cuda(result: dict) -> str:
     return "\n".join(lines)
 
 
-def measure(threads: list[int], rounds: int, warmup: int) -> dict:
-    """Counts and step times of every case in this process (the tree on PYTHONPATH)."""
+def worker() -> None:
+    """Serves one tree (the one on PYTHONPATH) to :func:`compare`: one JSON command per line on stdin, one JSON answer
+    per line on stdout. ``["build", case]`` builds and warms a step; ``["count", case]`` counts its operators;
+    ``["time", case, threads]`` times one step."""
     from threadpoolctl import threadpool_limits
 
-    out = {}
-    for name in CPU_CASES:
-        config, overrides, shape, kind = CASES[name]
-        step = build_step(config, overrides, shape, kind)
-        for _ in range(warmup):
-            step()
-        row = count_ops(step)
-        for t in threads:
-            torch.set_num_threads(t)
-            with threadpool_limits(t):
-                for _ in range(warmup):
-                    step()
-                seconds = []
-                for _ in range(rounds * (10 if name == DEFAULT else 1)):  # the default step takes milliseconds
-                    start = time.perf_counter()
-                    step()
-                    seconds.append(time.perf_counter() - start)
-            row[f"seconds_{t}"] = seconds
-        out[name] = row
-    import injflow
-
-    return {"tree": str(Path(injflow.__file__).resolve().parents[1]), "cases": out, "load": load_average(),
-            "machine": machine("cpu", 1)}
+    steps = {}
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command[0] == "build":
+            config, overrides, shape, kind = CASES[command[1]]
+            steps[command[1]] = build_step(config, overrides, shape, kind)
+            steps[command[1]]()
+            answer: object = "ok"
+        elif command[0] == "count":
+            answer = count_ops(steps[command[1]])
+        else:
+            threads = command[2]
+            torch.set_num_threads(threads)
+            with threadpool_limits(threads):
+                start = time.perf_counter()
+                steps[command[1]]()
+                answer = time.perf_counter() - start
+        print(json.dumps(answer), flush=True)
 
 
-def compare(other: Path, threads: list[int], rounds: int, warmup: int, repeats: int) -> dict:
-    trees = {"before": other.resolve(), "after": ROOT}
-    results: dict[str, list[dict]] = {k: [] for k in trees}
-    loads = [load_average()]
-    for _ in range(repeats):
-        for label, tree in trees.items():
-            env = {**os.environ, "PYTHONPATH": str(tree)}
-            cmd = [sys.executable, __file__, "--measure", "--rounds", str(rounds), "--warmup", str(warmup),
-                   "--threads", *map(str, threads)]
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-            results[label].append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            loads.append(load_average())
-    table = {}
-    for name in CPU_CASES:
-        row = {}
-        for label, runs in results.items():
-            first = runs[0]["cases"][name]
-            row[label] = {k: first[k] for k in ("operators", "kernels", "optimizer_kernels", "host_reads")}
+class _Worker:
+    def __init__(self, tree: Path) -> None:
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker"], env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+
+    def ask(self, *command: object) -> object:
+        self.proc.stdin.write(json.dumps(list(command)) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def compare(other: Path, threads: list[int], rounds: int, warmup: int) -> dict:
+    """The same steps on two trees, one step of each in turn (two processes, never running at once): the paired ratio
+    after/before of each round cancels the load drift of a shared machine; its median and quartiles are reported."""
+    workers = {"before": _Worker(other.resolve()), "after": _Worker(ROOT)}
+    loads, table = [load_average()], {}
+    try:
+        for name in CPU_CASES:
+            row: dict = {label: dict(w.ask("build", name) and w.ask("count", name)) for label, w in workers.items()}
             for t in threads:
-                row[label][f"ms_{t}"] = 1e3 * statistics.median([s for r in runs for s in r["cases"][name][f"seconds_{t}"]])
-        table[name] = row
-    return {"cases": table, "machine": results["after"][0]["machine"].replace("1 torch thread, ", ""),
-            "loads": loads, "rounds": rounds * repeats, "threads": threads, "before": str(trees["before"])}
+                for _ in range(warmup):
+                    for w in workers.values():
+                        w.ask("time", name, t)
+                seconds: dict[str, list[float]] = {label: [] for label in workers}
+                for _ in range(rounds * (10 if name == DEFAULT else 1)):  # the default step takes milliseconds
+                    for label, w in workers.items():
+                        seconds[label].append(float(w.ask("time", name, t)))
+                ratios = [a / b for a, b in zip(seconds["after"], seconds["before"])]
+                q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+                for label in workers:
+                    row[label][f"ms_{t}"] = 1e3 * statistics.median(seconds[label])
+                row[f"ratio_{t}"] = (statistics.median(ratios), q[0], q[2])
+            table[name] = row
+            loads.append(load_average())
+    finally:
+        for w in workers.values():
+            w.close()
+    return {"cases": table, "machine": machine("cpu", 1).replace("1 torch thread, ", ""), "loads": loads,
+            "rounds": rounds, "threads": threads, "before": str(other.resolve())}
 
 
 def markdown(result: dict) -> str:
     threads = result["threads"]
     head = ("| step | aten operators | kernels: loss + backward | kernels: Adam | host reads (loss + backward) | "
-            + " | ".join(
-        f"ms/step, {t} thread{'s' if t > 1 else ''}" for t in threads) + " |")
-    lines = [head, "|" + " --- |" * (5 + len(threads)), "| (each cell: before → after) |" + " |" * (4 + len(threads))]
+            + " | ".join(f"ms/step, {t} thread{'s' if t > 1 else ''}" for t in threads) + " | "
+            + " | ".join(f"after / before, {t} thread{'s' if t > 1 else ''} (IQR)" for t in threads) + " |")
+    lines = [head, "|" + " --- |" * (5 + 2 * len(threads)),
+             "| (each cell: before → after) |" + " |" * (4 + 2 * len(threads))]
     for name, row in result["cases"].items():
         b, a = row["before"], row["after"]
-        times = " | ".join(f"{b[f'ms_{t}']:.1f} → {a[f'ms_{t}']:.1f}" for t in threads)
         counts = " | ".join(f"{b[k]} → {a[k]}" for k in ("operators", "kernels", "optimizer_kernels", "host_reads"))
-        lines.append(f"| {name} | {counts} | {times} |")
+        times = " | ".join(f"{b[f'ms_{t}']:.1f} → {a[f'ms_{t}']:.1f}" for t in threads)
+        ratios = " | ".join("{:.3f} ({:.3f}–{:.3f})".format(*row[f"ratio_{t}"]) for t in threads)
+        lines.append(f"| {name} | {counts} | {times} | {ratios} |")
     lines.append("")
-    lines.append(f"{result['machine']}; medians over {result['rounds']} steps per tree and thread count ({10 * result['rounds']} "
-                 f"of the default step), runs of the two trees interleaved; 1-minute load averages during the runs: "
-                 f"{', '.join(result['loads'])}.")
+    lines.append(f"{result['machine']}; {result['rounds']} rounds per thread count ({10 * result['rounds']} of the default "
+                 f"step), each round one step of each tree in turn (two processes, never at once); medians, and the "
+                 f"median paired ratio with its quartiles. 1-minute load averages: {', '.join(result['loads'])}.")
     return "\n".join(lines)
 
 
@@ -250,8 +269,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3, help="alternations of the two trees (--compare)")
-    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
@@ -264,13 +282,10 @@ def main() -> None:
         if args.markdown:
             args.markdown.write_text(text + "\n")
         return
-    if args.measure or args.compare is None:
-        result = measure(args.threads, args.rounds, args.warmup)
-        print(json.dumps(result))
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=1))
+    if args.worker:
+        worker()
         return
-    result = compare(args.compare, args.threads, args.rounds, args.warmup, args.repeats)
+    result = compare(args.compare or ROOT, args.threads, args.rounds, args.warmup)
     text = markdown(result)
     print(text)
     if args.json:
