@@ -1,4 +1,4 @@
-"""FIF table 2: injective flows on CelebA under an equal wall-clock budget, as a campaign.
+"""FIF table 2: injective flows on CelebA under an equal wall-clock budget, as a sweep.
 
 FIF §5.2 and App. E.3: every model trains for the **same wall clock** ("five hours on a single NVIDIA A40") and is
 scored by FID and IS of samples from the standard-normal latent ("N sampler") and from a GMM fitted to the encoded
@@ -9,13 +9,15 @@ training data. FIF uses the FIF-ConvNet (table 11: a conv autoencoder with four 
 The budget is the engine's ``train.max_time`` (seconds); the β schedule is defined over the budget (the engine
 spreads it over the elapsed fraction of ``max_time``), so β reaches 40 when the time is up whatever the step rate.
 
-Methods are a registry (:data:`METHODS`): FIF, DNF (Horvat & Pfister 2021) and Trumpet (Kothari et al. 2021), each
-with its own engine config and invertible architecture (``configs/{paper,small}/{dnf,trumpet}-celeba.yaml``); the
-table compares every registered method at the same budget. Chosen for the budget runs: DNF trains with a constant
+The methods are the grid entries of the sweep specs ``configs/sweeps/fif_table2-<data set>-<scale>.yaml``: FIF,
+DNF (Horvat & Pfister 2021) and Trumpet (Kothari et al. 2021), each with its own engine config and invertible
+architecture (``configs/{paper,small}/{dnf,trumpet}-celeba.yaml``), one group per method and seed, ``select: all``
+(nothing is selected: every trial is scored on the test split). :data:`METHODS` holds the rows' labels and the
+paper's numbers, keyed by the config each row trains. Chosen for the budget runs: DNF trains with a constant
 learning rate (its cosine schedule spans a number of steps, which a wall-clock budget does not have), and Trumpet's
 stage switch at cpu scale is half of the budget (``manifold_fraction`` 0.5; the paper config keeps its 10 manifold
-epochs). Nothing is selected (one configuration per method); ``--seeds`` gives mean ± std over
-training seeds (the paper's ± is not explained).
+epochs). Several seeds (``train.seed`` in the paper spec's grid) give mean ± std over training seeds (the paper's
+± is not explained).
 
 Scales:
 
@@ -25,6 +27,8 @@ Scales:
   d = 64: channels 32-256, ResBlock(512)), 20k training images, a **300 s budget** per model on one thread (paper: 5 h on an
   A40), FID on n = 100 with a reference disjoint from the reconstructed images; one seed.
 * ``paper``: CelebA, the paper's config, ``train.max_time = 18000`` s, n = 10k, 3 seeds; for a GPU.
+
+One command per scale, resumable: rerunning it keeps finished trials and resumes killed ones (``injflow sweep``).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import campaign as C  # noqa: E402
+import sweep_tables as S  # noqa: E402
 from common import save_figure, start, write_table  # noqa: E402
 
 NAME = "fif_table2"
@@ -44,11 +48,10 @@ NAME = "fif_table2"
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """A row of table 2: a label, the engine config and its overrides, and the paper's numbers (FID/IS, N, GMM)."""
+    """A row of table 2: its label, the config stems that train it (any scale), and the paper's numbers (FID/IS)."""
 
     label: str
-    configs: dict[str, str]  # scale -> config (relative to configs/)
-    overrides: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # scale -> the method's own overrides
+    configs: tuple[str, ...]
     paper: dict[str, tuple[float, float | None, float]] = dataclasses.field(default_factory=dict)
     parameters: str = ""
 
@@ -58,96 +61,63 @@ METHODS: dict[str, Method] = {}
 
 
 def register(method: Method) -> Method:
-    """Adds a row to table 2 (e.g. DNF or Trumpet, trained by their own engine config)."""
+    """Adds a row to table 2 (its trials come from the spec's grid entry with one of ``method.configs``)."""
     if method.label in METHODS:
         raise ValueError(f"method {method.label!r} is registered twice")
     METHODS[method.label] = method
     return method
 
 
-_SMOKE_MLP = ("model.architecture=mlp", "model.latent_dim=4", "model.options={hidden_features: [32]}")
-register(Method("FIF", {"smoke": "paper/fif-celeba-fif-convnet.yaml", "cpu": "paper/fif-celeba-fif-convnet.yaml",
-                        "paper": "paper/fif-celeba-fif-convnet.yaml"},
-                overrides={"smoke": _SMOKE_MLP,
-                           "cpu": ("model.options={channel_factor: 32, n_blocks: 4, block_width: 512, batch_norm: true}",)},
-                parameters="34.3M", paper={"N": (47.3, 1.39, 1.7), "GMM": (37.4, 1.35, 2.0)}))
-register(Method("DNF", {"smoke": "small/dnf-celeba.yaml", "cpu": "small/dnf-celeba.yaml", "paper": "paper/dnf-celeba.yaml"},
-                overrides={s: ("optim.scheduler.name=constant",) + (
-                    ("model.latent_dim=4", "model.options={outer_layers: 2, outer_hidden_features: [16], inner_layers: 2, "
-                     "inner_hidden_features: [16], transform: affine, inner_transform: affine}") if s == "smoke" else ())
-                    for s in ("smoke", "cpu", "paper")},
-                parameters="39.4M", paper={"N": (55.6, 0.59, 1.9), "GMM": (52.7, 0.33, 2.0)}))
-register(Method("Trumpet", {"smoke": "small/trumpet-celeba.yaml", "cpu": "small/trumpet-celeba.yaml",
-                            "paper": "paper/trumpet-celeba.yaml"},
-                overrides={"smoke": ("model.latent_dim=4", "model.options={stage_layers: 1, hidden_features: [16], "
-                                     "inner_layers: 1, inner_hidden_features: [16], expansion: pad}")},
-                parameters="19.1M", paper={"N": (56.2, 1.39, 1.8), "GMM": (47.7, 2.24, 1.9)}))
+register(Method("FIF", ("fif-celeba-fif-convnet",), parameters="34.3M",
+                paper={"N": (47.3, 1.39, 1.7), "GMM": (37.4, 1.35, 2.0)}))
+register(Method("DNF", ("dnf-celeba",), parameters="39.4M", paper={"N": (55.6, 0.59, 1.9), "GMM": (52.7, 0.33, 2.0)}))
+register(Method("Trumpet", ("trumpet-celeba",), parameters="19.1M",
+                paper={"N": (56.2, 1.39, 1.8), "GMM": (47.7, 2.24, 1.9)}))
 #: Rows of FIF table 2 that are not registered here (none since DNF and Trumpet are).
 PAPER_OTHERS: dict[str, dict[str, Any]] = {}
 SAMPLERS = {"N": "prior", "GMM": "gmm"}
 
 
-def budget_overrides(seconds: float) -> tuple[list[str], str]:
-    """The wall-clock budget as config overrides (``train.max_time``; no step or epoch limit), and its description."""
-    return [f"train.max_time={seconds:g}", "train.max_steps=-1", "train.max_epochs=100000"], f"train.max_time={seconds:g}"
+def method_of(record: Any) -> str:
+    stem = Path(record.trial.config).stem
+    return next(m.label for m in METHODS.values() if stem in m.configs)
 
 
-def scale_overrides(exp: Any, dataset: str) -> tuple[list[str], str]:
-    root = [f"data.root={exp.args.data_root}"] if exp.args.data_root else []
-    budget = exp.args.budget or exp.pick(None, 300.0, 18_000.0)
-    if exp.scale == "smoke" and dataset != "celeba-files":
-        return ["data.name=digits", "data.options={n_val: 64, n_test: 64, flatten: true}", "data.batch_size=64",
-                "train.max_steps=20", "train.max_epochs=1000", "train.gmm_components=3", "train.log_every_n_steps=5",
-                "train.num_threads=1"], "train.max_steps=20"
-    if exp.scale == "smoke":
-        return root + ["data.batch_size=4", "model.latent_dim=4", "train.max_steps=2", "train.max_epochs=1000", "train.gmm_components=2",
-                       "train.log_every_n_steps=1"], "train.max_steps=2"
-    if exp.scale == "cpu":
-        extra, how = budget_overrides(budget)
-        return root + ["data.name=fashion_mnist", "data.options={n_train: 20000, n_val: 1000}",
-                       "train.log_every_n_steps=10", *extra], how
-    extra, how = budget_overrides(budget)
-    return root + extra, how
+def build_specs(exp: Any) -> list[Any]:
+    dataset = {"smoke": "digits", "cpu": "fashion_mnist", "paper": "celeba"}[exp.scale]
+    if exp.args.datasets and "celeba" in exp.args.datasets:
+        dataset = "celeba"
+    name = f"{NAME}-{dataset}-{exp.scale}"
+    if not (S.SPECS / f"{name}.yaml").is_file():
+        raise SystemExit(f"experiments/{NAME}.py: no spec configs/sweeps/{name}.yaml")
+    return [S.load_table_spec(name, exp)]
 
 
-def build_plan(exp: Any) -> tuple[C.Plan, str]:
-    dataset = "celeba-files" if exp.args.datasets and "celeba" in exp.args.datasets else "default"
-    overrides, how = scale_overrides(exp, dataset)
-    seeds = range(exp.args.seeds or exp.pick(1, 1, 3))
-    scale = exp.scale
-    methods = [m for m in METHODS.values() if not (dataset == "celeba-files" and m.label != "FIF")]
-    runs = [C.RunSpec(name=f"{m.label.lower()}-seed{s}", config=m.configs[scale],
-                      overrides=overrides + list(m.overrides.get(scale, ())) + [f"train.seed={s}"],
-                      group=f"{m.label} seed {s}", params={"method": m.label, "seed": s})
-            for m in methods for s in seeds]
-    features = "pixels" if exp.scale == "smoke" else "inception"
-    n = exp.args.n_fid or exp.pick(4 if dataset == "celeba-files" else 32, 100, 10_000)
-    plan = C.Plan(name=NAME, scale=exp.scale, runs=runs, seed=0, validation=None,
-                  test=C.EvalSpec("test", n, ["prior", "gmm"], disjoint=exp.scale != "paper", features=features,
-                                  inception_score=True),
-                  criteria={"only": None}, notes={"budget": how})
-    return plan, how
+def assemble(results: list[Any], exp: Any) -> dict[str, Any]:
+    from injflow.sweep.scoring import is_note, metric_name
 
-
-def assemble(result: C.CampaignResult, exp: Any) -> dict[str, Any]:
-    plan = result.plan
-    metric = C.metric_name(plan.test.features)
+    result = results[0]
+    spec = result.spec
+    metric = metric_name(spec.test.features)
+    # the limit that ends each trial's training: a step count where one is set (smoke), else the wall-clock budget
+    budget = sorted({f"train.max_steps={c.train.max_steps}" if c.train.max_steps != -1 else f"train.max_time={c.train.max_time:g}"
+                     for c in (S.config_of(result, r) for r in result.records if r.state == "completed")})
     rows = []
     for label, method in METHODS.items():
-        recs = [result.records[r.name] for r in plan.runs if r.params["method"] == label]
+        recs = [r for r in result.records if method_of(r) == label]
         if not recs:
             continue
         row: dict[str, Any] = {"model": label, "parameters": method.parameters, "seeds": len(recs)}
         for col, sampler in SAMPLERS.items():
-            fids = [v for v in (C.value(r, "test", sampler) for r in recs) if v is not None]
-            iss = [v for v in (C.value(r, "test", sampler, "is") for r in recs) if v is not None]
+            fids = [v for v in (S.value(r, f"test/fid_{sampler}") for r in recs) if v is not None]
+            iss = [v for v in (S.value(r, f"test/is_{sampler}") for r in recs) if v is not None]
             row[f"{col}_fid"] = statistics.fmean(fids) if fids else None
             row[f"{col}_fid_std"] = statistics.stdev(fids) if len(fids) > 1 else None
             row[f"{col}_is"] = statistics.fmean(iss) if iss else None
             paper = method.paper.get(col, (None, None, None))
             row[f"paper_{col}_fid"], row[f"paper_{col}_fid_std"], row[f"paper_{col}_is"] = paper
-        row["train_steps"] = [(r.train or {}).get("global_step") for r in recs]
-        row["train_wall_s"] = [(r.train or {}).get("wall_s") for r in recs]
+        row["train_steps"] = [r.step for r in recs]
+        row["train_wall_s"] = [r.train_seconds for r in recs]
         rows.append(row)
     for label, paper in PAPER_OTHERS.items():
         if label not in METHODS:
@@ -160,11 +130,11 @@ def assemble(result: C.CampaignResult, exp: Any) -> dict[str, Any]:
     keys = list(rows[0])
     rows = [{k: r.get(k) for k in keys} for r in rows]
     write_table(rows, exp.out / "table2")
-    note = (f"{exp.scale} scale: budget {plan.notes['budget']}; {metric} on n = {plan.test.n} (papers: 10k); "
-            f"seeds {len(set(r.params['seed'] for r in plan.runs))}")
+    seeds = len({r.trial.values.get("train.seed") for r in result.records})
+    note = (f"{exp.scale} scale: budget {', '.join(budget)}; {metric} on n = {spec.test.n} (papers: 10k); seeds {seeds}")
     plot(rows, exp.out / "table2", note, metric)
-    return {"metric": metric, "is_note": C.is_column_note(plan), "budget": plan.notes["budget"],
-            "table2": rows, "n_fid": plan.test.n}
+    return {"metric": metric, "is_note": is_note(spec.test), "budget": ", ".join(budget), "table2": rows,
+            "n_fid": spec.test.n}
 
 
 def plot(rows: list[dict[str, Any]], path: Path, note: str, metric: str) -> Path:
@@ -188,15 +158,16 @@ def plot(rows: list[dict[str, Any]], path: Path, note: str, metric: str) -> Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    exp = start(NAME, __doc__, argv, extra_args=C.campaign_args() + [
-        (("--budget",), {"type": float, "default": None, "help": "seconds of training per model (cpu 300, paper 18000)"}),
-        (("--seeds",), {"type": int, "default": None, "help": "training seeds per method (smoke/cpu 1, paper 3)"}),
+    exp = start(NAME, __doc__, argv, extra_args=S.sweep_args() + [
         (("--datasets",), {"nargs": "+", "choices": ["celeba"], "default": None,
-                           "help": "smoke: run the CelebA path on small files under --data-root"}),
-        (("--n-fid",), {"type": int, "default": None, "help": "images per FID set (smoke 32, cpu 100, paper 10k)"}),
+                           "help": "smoke: run the CelebA path (the FIF row) on small files under --data-root"}),
     ])
-    plan, _ = build_plan(exp)
-    return C.run_from_args(exp, plan, assemble)
+    results = S.run_sweeps(exp, build_specs(exp))
+    if isinstance(results, int):
+        return results
+    extra = assemble(results, exp)
+    exp.finish(**S.sweep_summary(results), **extra)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Kumar, Poole & Murphy (AISTATS 2020) table 1 as a campaign: every method's weight search, best post-fit-GMM FID.
+"""Kumar, Poole & Murphy (AISTATS 2020) table 1 as sweeps: every method's weight search, best post-fit-GMM FID.
 
 The protocol of Kumar §4: every method is trained over its hyper-parameter grid (below); "for all models, we report
 the best FID score obtained using decoder sampling from a post-fit GMM in the latent space. We then report all the
@@ -7,6 +7,10 @@ the best GMM model is chosen by its FID on the **validation** split (the paper d
 on; choosing on the test split would leak), and only that model of each method is scored on the test split:
 "Rec." (test reconstructions), "N" (a full-covariance Gaussian fitted to the encoded training data) and "GMM" (a
 10-component full-covariance GMM).
+
+The sweeps are the specs ``configs/sweeps/kumar_table1-<data set>-<scale>.yaml`` (run with ``injflow sweep``, one
+group per method, selection on ``val/fid_gmm``, test evaluation of the selected trials); this script runs them and
+assembles the table from each sweep's ``selection.json`` and the test scores.
 
 Grids (§4 "Hyperparameters and training"):
 
@@ -25,48 +29,35 @@ Scales:
   upstream-format files.
 * ``cpu``: MNIST, **one** MLP 784-512-256-16 (SiLU) for every method (the App. A nets cost seconds per step on this
   CPU), 10k training / 1k validation images, **500 steps** (paper: 100k), five methods (VAE, β-VAE, AE, InjFlow^ln,
-  InjFlow; ``--methods`` adds CAE, AE+L2, AE+SN) and a **reduced grid** (β-VAE σ ∈ {0.01, 0.1}, InjFlow^ln prior
-  weight ∈ {0.01, 1}; InjFlow: the paper config's point; marked in the table), FID on **n = 50** with a reference disjoint from the reconstructed images (Inception ran at ~1 s per
-  image on the shared machine, which sets n, the steps and the grid); one seed. This replaces
+  InjFlow) and a **reduced grid** (β-VAE σ ∈ {0.01, 0.1}, InjFlow^ln prior weight ∈ {0.01, 1}; InjFlow: the paper
+  config's point; marked in the table), FID on **n = 50** with a reference disjoint from the reconstructed images
+  (Inception ran at ~1 s per image on the shared machine, which sets n, the steps and the grid); one seed.
+  ``--methods`` keeps a subset of a spec's methods. This replaces
   ``generative_table.py`` (the same net and data without a search).
 * ``paper``: every data set, the full grids (43 runs per data set), n = 10k, the papers' protocol; for a GPU.
+
+One command per table and scale, resumable: rerunning it continues the sweeps (finished trials are kept, killed
+ones resume from their checkpoints).
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import campaign as C  # noqa: E402
+import sweep_tables as S  # noqa: E402
 from common import save_figure, start, write_table  # noqa: E402
 
 NAME = "kumar_table1"
 DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR-10", "celeba": "CelebA"}
-_INJ_GRID = [{"prior_weight": w, "nu": nu} for nu in (1.0, 1.3) for w in (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)]
-
-#: method label → (config suffix, the paper's grid, the cpu-scale grid, smoke grid). A grid point is a dict of
-#: parameters; :func:`method_overrides` turns it into config overrides.
-METHODS: dict[str, tuple[str, list[dict], list[dict], list[dict]]] = {
-    "VAE": ("vae", [{}], [{}], [{}]),
-    "β-VAE": ("beta-vae", [{"sigma": s} for s in (0.001, 0.01, 0.05, 0.1, 0.5)],
-              [{"sigma": s} for s in (0.01, 0.1)], [{"sigma": s} for s in (0.01, 0.1)]),  # cpu: σ 0.01, 0.1
-    "AE": ("ae", [{}], [{}], [{}]),
-    "CAE": ("cae", [{"jacobian_weight": w} for w in (0.001, 0.01, 0.1, 0.5, 1.0, 10.0)],
-            [{"jacobian_weight": 0.1}], [{"jacobian_weight": 0.1}]),
-    "AE+L2": ("ae-l2", [{"weight_decay": w} for w in (0.001, 0.01, 0.1, 0.5, 1.0)],
-              [{"weight_decay": 0.01}], [{"weight_decay": 0.01}]),
-    "AE+SN": ("ae-sn", [{}], [{}], [{}]),
-    "InjFlow-ln": ("injflow-ln", _INJ_GRID, [{"prior_weight": w, "nu": 1.0} for w in (1e-2, 1.0)],
-                   [{"prior_weight": 1.0, "nu": 1.0}]),
-    "InjFlow": ("injflow", _INJ_GRID, [{"prior_weight": 1.0, "nu": 1.0}],
-                [{"prior_weight": 1.0, "nu": 1.0}]),
-}
-#: The methods of a smoke run (the pipeline check; every method's config trains in tests/test_configs.py) and of a
-#: cpu run (the shared machine's budget: Inception ran at 1-3 s per image while these ran).
-SMOKE_METHODS = ("β-VAE", "InjFlow-ln")
-CPU_METHODS = ("VAE", "β-VAE", "AE", "InjFlow-ln", "InjFlow")
+#: config suffix (``configs/paper/kumar-<data>-<suffix>.yaml``) → the method's row label in Kumar table 1.
+METHODS = {"vae": "VAE", "beta-vae": "β-VAE", "ae": "AE", "cae": "CAE", "ae-l2": "AE+L2", "ae-sn": "AE+SN",
+           "injflow-ln": "InjFlow-ln", "injflow": "InjFlow"}
+#: Grid points of each method in the paper's search (§4), for the "grid points run" column.
+PAPER_GRID = {"VAE": 1, "β-VAE": 5, "AE": 1, "CAE": 6, "AE+L2": 5, "AE+SN": 1, "InjFlow-ln": 12, "InjFlow": 12}
 
 #: Kumar table 1: (Rec., N, GMM) FID per data set.
 PAPER = {
@@ -82,111 +73,83 @@ PAPER = {
 }
 
 
-def method_overrides(point: dict[str, Any]) -> list[str]:
-    """A grid point as config overrides (β-VAE: β = σ²; InjFlow: μ and μ_in share ν)."""
+def method_of(config_stem: str) -> str:
+    """``kumar-mnist-beta-vae`` → ``β-VAE``."""
+    return METHODS[config_stem.split("-", 2)[2]]
+
+
+def params(values: dict[str, Any]) -> str:
+    """A trial's grid values as the paper states them (β-VAE: σ = √β; InjFlow: ν of both penalty schedules)."""
     out = []
-    for key, v in point.items():
-        if key == "sigma":
-            out.append(f"method.beta={v * v:g}")
-        elif key == "nu":
-            for name in ("mu", "mu_in"):
-                out.append(f"method.{name}={{schedule: penalty, start: 1, rate: 0.001, nu: {v}}}")
+    for key, v in values.items():
+        if key == "config":
+            continue
+        if key == "method.beta":
+            out.append(f"sigma={math.sqrt(v):g}")
+        elif key.endswith(".nu"):
+            out.append(f"nu={v:g}")
         else:
-            out.append(f"method.{key}={v}")
-    return out
+            out.append(f"{key.rsplit('.', 1)[-1]}={v:g}")
+    return ", ".join(out) or "—"
 
 
-def scale_overrides(exp: Any, dataset: str) -> list[str]:
-    root = [f"data.root={exp.args.data_root}"] if exp.args.data_root else []
-    if exp.scale == "smoke" and dataset == "mnist":
-        return ["data.name=digits", "data.options={n_val: 64, n_test: 64}", "data.batch_size=64",
-                "model.architecture=mlp", "model.latent_dim=4", "model.options={hidden_features: [32]}",
-                "train.max_steps=20", "train.gmm_components=3", "train.log_every_n_steps=5"]
-    if exp.scale == "smoke":
-        return root + ["data.options={n_val: 8}" if dataset == "cifar10" else "data.options={}", "data.batch_size=4",
-                       "model.latent_dim=4",  # the paper's nets with a small d: GMMs on a handful of codes
-                       "train.max_steps=2", "train.gmm_components=2", "train.log_every_n_steps=1"]
-    if exp.scale == "cpu":
-        return root + ["data.options={n_train: 10000, n_val: 1000}", "model.architecture=mlp", "model.latent_dim=16",
-                       "model.options={hidden_features: [512, 256], activation: silu}", "train.max_steps=500",
-                       "train.log_every_n_steps=50"]
-    return root
-
-
-def build_plan(exp: Any) -> C.Plan:
+def build_specs(exp: Any) -> list[Any]:
     datasets = exp.args.datasets or exp.pick(["mnist"], ["mnist"], list(DATASETS))
-    default = exp.pick(SMOKE_METHODS, CPU_METHODS, tuple(METHODS))
-    methods = [m for m in METHODS if (exp.args.methods is None and m in default) or m in (exp.args.methods or ())]
-    runs = []
+    methods = set(exp.args.methods or METHODS.values())
+
+    def keep(entry: dict[str, Any]) -> bool:
+        return any(method_of(Path(c).stem) in methods for c in entry.get("config", ()))
+
+    specs = []
     for dataset in datasets:
-        for label in methods:
-            suffix, paper_grid, cpu_grid, smoke_grid = METHODS[label]
-            for point in exp.pick(smoke_grid, cpu_grid, paper_grid):
-                tag = "-".join(f"{k}{v:g}" for k, v in point.items()) or "default"
-                runs.append(C.RunSpec(
-                    name=f"{dataset}-{suffix}-{tag}", config=f"paper/kumar-{dataset}-{suffix}.yaml",
-                    overrides=scale_overrides(exp, dataset) + method_overrides(point) + [f"train.seed={exp.args.seed}"],
-                    group=f"{DATASETS[dataset]} {label}", params={"dataset": dataset, "method": label, **point}))
-    features = "pixels" if exp.scale == "smoke" else "inception"
-    n = exp.args.n_fid or exp.pick(32, 50, 10_000)
-    if exp.scale == "smoke" and "mnist" not in datasets:
-        n = min(n, 4)
-    paper = exp.scale == "paper"
-    return C.Plan(
-        name=NAME, scale=exp.scale, runs=runs, seed=exp.args.seed,
-        validation=C.EvalSpec("val", n, ["gmm"], disjoint=not paper, features=features),
-        test=C.EvalSpec("test", n, ["gaussian", "gmm"], reconstruction=True, disjoint=not paper, features=features),
-        criteria={"GMM": "gmm"},
-        notes={"selection": "per (data set, method): lowest validation GMM FID over the method's grid (Kumar §4)"},
-    )
+        name = f"{NAME}-{dataset}-{exp.scale}"
+        if not (S.SPECS / f"{name}.yaml").is_file():
+            raise SystemExit(f"experiments/{NAME}.py: no spec configs/sweeps/{name}.yaml ({exp.scale} scale runs "
+                             f"{', '.join(sorted(p.stem.split('-')[1] for p in S.SPECS.glob(f'{NAME}-*-{exp.scale}.yaml')))})")
+        specs.append(S.load_table_spec(name, exp, keep=keep))
+    return specs
 
 
-def assemble(result: C.CampaignResult, exp: Any) -> dict[str, Any]:
-    plan = result.plan
-    metric = C.metric_name(plan.test.features)
-    grid_rows, rows = [], []
-    full = {label: len(METHODS[label][1]) for label in METHODS}
-    for spec in plan.runs:
-        rec = result.records[spec.name]
-        params = {k: v for k, v in spec.params.items() if k not in ("dataset", "method")}
-        grid_rows.append({"dataset": spec.params["dataset"], "method": spec.params["method"],
-                          "params": ", ".join(f"{k}={v:g}" for k, v in params.items()) or "—",
-                          "val_fid_gmm": C.value(rec, "val", "gmm"),
-                          "train_wall_s": (rec.train or {}).get("wall_s"), "failed": (rec.failed or {}).get("error")})
-    for group in dict.fromkeys(r.group for r in plan.runs):
-        first = next(r for r in plan.runs if r.group == group)
-        dataset, label = first.params["dataset"], first.params["method"]
-        rec = result.selected(group, "GMM")
-        tried = sum(r.group == group for r in plan.runs)
-        paper = PAPER[dataset].get(label, (None, None, None))
-        params = {k: v for k, v in rec.spec.params.items() if k not in ("dataset", "method")} if rec else {}
-        rows.append({
-            "dataset": dataset, "method": label, "grid_points": f"{tried} of {full[label]}",
-            "selected": ", ".join(f"{k}={v:g}" for k, v in params.items()) or "—",
-            "val_gmm": C.value(rec, "val", "gmm"),
-            "rec": C.value(rec, "test", "reconstruction"), "N": C.value(rec, "test", "gaussian"),
-            "GMM": C.value(rec, "test", "gmm"),
-            "test_recon_error": (rec.test or {}).get("reconstruction_error") if rec else None, "n": plan.test.n,
-            "paper_rec": paper[0], "paper_N": paper[1], "paper_GMM": paper[2],
-        })
-    floors = C.real_data_floor(result, exp.args.fid_cache, exp.args.device)
-    by_dataset = {next(r.params["dataset"] for r in plan.runs if r.group == g): f for g, f in floors.items()}
-    for dataset, floor in by_dataset.items():
+def assemble(results: list[Any], exp: Any) -> dict[str, Any]:
+    from injflow.sweep.scoring import metric_name
+
+    grid_rows, rows, floors, examples = [], [], {}, {}
+    metric = metric_name(results[0].spec.test.features)
+    n = results[0].spec.test.n
+    for result in results:
+        dataset = Path(result.records[0].trial.config).stem.split("-")[1]
+        for rec in result.records:
+            grid_rows.append({"dataset": dataset, "method": method_of(rec.trial.group), "params": params(rec.trial.values),
+                              "val_fid_gmm": S.value(rec, "val/fid_gmm"), "train_wall_s": rec.train_seconds,
+                              "failed": rec.error})
+        for group in dict.fromkeys(r.trial.group for r in result.records):
+            label = method_of(group)
+            rec = result.selected(group)
+            paper = PAPER[dataset].get(label, (None, None, None))
+            rows.append({
+                "dataset": dataset, "method": label,
+                "grid_points": f"{sum(r.trial.group == group for r in result.records)} of {PAPER_GRID[label]}",
+                "selected": params(rec.trial.values) if rec else None, "val_gmm": S.value(rec, "val/fid_gmm"),
+                "rec": S.value(rec, "test/fid_reconstruction"), "N": S.value(rec, "test/fid_gaussian"),
+                "GMM": S.value(rec, "test/fid_gmm"), "test_recon_error": S.value(rec, "test/reconstruction_error"),
+                "n": result.spec.test.n, "paper_rec": paper[0], "paper_N": paper[1], "paper_GMM": paper[2],
+            })
+            imgs = S.example_images(result, rec, seed=result.spec.test.seed)
+            if imgs is not None:
+                examples[f"{DATASETS[dataset]} {label}"] = imgs
+        floors[dataset] = S.real_data_floor(result, exp.args.device)
+    for dataset, floor in floors.items():
         rows.append({k: None for k in rows[0]} | {"dataset": dataset, "method": "real test images (floor)",
-                                                   "rec": floor, "N": floor, "GMM": floor, "n": plan.test.n})
+                                                   "rec": floor, "N": floor, "GMM": floor, "n": n})
     write_table(grid_rows, exp.out / "search_grid")
     write_table(rows, exp.out / "table1")
-    note = (f"{exp.scale} scale: {metric} on n = {plan.test.n} per set (papers: 10k), reference disjoint from the "
-            f"reconstructed images; one net for all methods at this scale; seed {plan.seed}")
+    note = (f"{exp.scale} scale: {metric} on n = {n} per set (papers: 10k)"
+            f"{', reference disjoint from the reconstructed images' if results[0].spec.test.disjoint else ''}; "
+            f"seed {results[0].spec.test.seed}")
     plot_table([r for r in rows if r["grid_points"]], exp.out / "table1", note, metric)
-    examples = {}
-    for group in dict.fromkeys(r.group for r in plan.runs):
-        imgs = C.example_images(result.selected(group, "GMM"), result.folder, seed=plan.seed)
-        if imgs is not None:
-            examples[group] = imgs
     if examples:
         plot_examples(examples, exp.out / "samples", note)
-    return {"metric": metric, "table1": rows, "n_fid": plan.test.n, "real_data_floor": by_dataset}
+    return {"metric": metric, "table1": rows, "n_fid": n, "real_data_floor": floors}
 
 
 def plot_examples(examples: dict[str, dict[str, Any]], path: Path, note: str) -> Path:
@@ -241,13 +204,18 @@ def plot_table(rows: list[dict[str, Any]], path: Path, note: str, metric: str) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    exp = start(NAME, __doc__, argv, extra_args=C.campaign_args() + [
+    exp = start(NAME, __doc__, argv, extra_args=S.sweep_args() + [
         (("--datasets",), {"nargs": "+", "choices": list(DATASETS), "default": None,
                            "help": "data sets (default: cpu/smoke mnist; paper all three)"}),
-        (("--methods",), {"nargs": "+", "choices": list(METHODS), "default": None, "help": "subset of methods"}),
-        (("--n-fid",), {"type": int, "default": None, "help": "images per FID set (default smoke 32, cpu 50, paper 10k)"}),
+        (("--methods",), {"nargs": "+", "choices": list(METHODS.values()), "default": None,
+                          "help": "only these methods' grid entries of the spec"}),
     ])
-    return C.run_from_args(exp, build_plan(exp), assemble)
+    results = S.run_sweeps(exp, build_specs(exp))
+    if isinstance(results, int):
+        return results
+    extra = assemble(results, exp)
+    exp.finish(**S.sweep_summary(results), **extra)
+    return 0
 
 
 if __name__ == "__main__":

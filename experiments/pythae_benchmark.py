@@ -1,4 +1,4 @@
-"""FIF on the Pythae benchmark: FIF table 3 (CelebA), table 8 and fig. 10 (MNIST, CIFAR-10, CelebA), as a campaign.
+"""FIF on the Pythae benchmark: FIF table 3 (CelebA), table 8 and fig. 10 (MNIST, CIFAR-10, CelebA), as sweeps.
 
 The protocol of FIF §5.3 and App. E.4: for each data set and architecture (the Pythae ConvNet, table 9, and ResNet,
 table 10), train the **grid β ∈ {5, 10, 15, 20, 25} × K ∈ {1, 2}** (10 configurations), compute the **validation
@@ -12,11 +12,15 @@ Training (App. E.4, ``configs/paper/fif-pythae-<arch>-<data>.yaml``): Adam, LR 1
 (CelebA), batch 100, 100 epochs (MNIST, CIFAR-10) / 50 (CelebA), LR halved on a 10-epoch plateau; validation = the
 last 10k training images (MNIST, CIFAR-10) or the official CelebA validation split.
 
+The sweeps are the specs ``configs/sweeps/pythae_benchmark-<arch>-<data set>-<scale>.yaml`` (``injflow sweep``:
+selection per sampler on ``val/fid_prior`` and ``val/fid_gmm``, test evaluation of the selected trials); this
+script runs them and assembles the tables from each sweep's ``selection.json`` and the test scores.
+
 Scales:
 
 * ``smoke``: scikit-learn digits, an MLP (64-32-4), β ∈ {5, 25} × K = 1, 20 steps, 4×4-pooled-pixel features
-  instead of Inception (not FID), n = 32; with ``--datasets cifar10 celeba --data-root DIR`` the paper's
-  architectures for 2 steps on small files in the upstream formats (the test suite's check of those paths).
+  instead of Inception (not FID), n = 32; with ``--datasets cifar10 celeba --data-root DIR`` the Pythae ResNet for
+  2 steps on small files in the upstream formats (the test suite's check of those paths).
 * ``cpu``: MNIST, a reduced grid β ∈ {5, 15, 25} × K ∈ {1, 2} (6 of the 10 points) with the paper's optimiser (Adam 1e-4, batch 100, plateau schedule) and
   d = 16, but **an MLP 784-512-256-16 (SiLU) instead of the Pythae nets** (the 0.73M ResNet took 0.36 s per step on
   an idle core and ~1.5 s with the machine shared; the 17.2M ConvNet more; on the shared machine Inception took
@@ -26,7 +30,7 @@ Scales:
   ``resnet-mnist`` setup they stand in for.
 * ``paper``: every data set and architecture, the paper's configs, n = 10k, the papers' protocol; for a GPU.
 
-One command per table, resumable: rerunning it skips finished runs and resumes killed ones (``campaign.py``).
+One command per table, resumable: rerunning it keeps finished trials and resumes killed ones (``injflow sweep``).
 """
 
 from __future__ import annotations
@@ -36,11 +40,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import campaign as C  # noqa: E402
+import sweep_tables as S  # noqa: E402
 from common import save_figure, start, write_table  # noqa: E402
 
 NAME = "pythae_benchmark"
-BETAS, KS = (5, 10, 15, 20, 25), (1, 2)
 ARCHS = {"convnet": "ConvNet", "resnet": "ResNet"}
 DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR-10", "celeba": "CelebA"}
 SAMPLERS = {"N": "prior", "GMM": "gmm"}  # FIF's "N" is the standard-normal prior
@@ -72,91 +75,56 @@ def setups(exp: Any) -> list[tuple[str, str]]:
     return [(a, d) for a in ARCHS for d in DATASETS if a in archs and d in datasets]
 
 
-def scale_overrides(exp: Any, arch: str, dataset: str) -> list[str]:
-    root = [f"data.root={exp.args.data_root}"] if exp.args.data_root else []
-    if exp.scale == "smoke" and dataset == "mnist":
-        return ["data.name=digits", "data.options={n_val: 64, n_test: 64}", "data.batch_size=64",
-                "model.architecture=mlp", "model.latent_dim=4", "model.options={hidden_features: [32]}",
-                "train.max_steps=20", "train.max_epochs=1000", "train.gmm_components=3", "train.log_every_n_steps=5",
-                "train.checkpoint_every_n_steps=5", "optim.scheduler={name: constant}"]
-    if exp.scale == "smoke":  # the paper's architecture on small upstream-format files (tests/test_experiments.py)
-        return root + ["data.options={n_val: 8}" if dataset == "cifar10" else "data.options={}", "data.batch_size=4",
-                       "model.latent_dim=4",  # the paper's nets with a small d: GMMs on a handful of codes
-                       "train.max_steps=2", "train.max_epochs=1000", "train.gmm_components=2",
-                       "train.log_every_n_steps=1", "optim.scheduler={name: constant}"]
-    if exp.scale == "cpu":
-        return root + ["data.options={n_train: 10000, n_val: 1000}", "model.architecture=mlp",
-                       "model.options={hidden_features: [512, 256], activation: silu}", "train.max_steps=500",
-                       "train.max_epochs=1000", "train.log_every_n_steps=50"]
-    return root
-
-
-def grid(exp: Any) -> list[tuple[int, int]]:
-    """The paper's β × K grid; cpu: β ∈ {5, 15, 25} × K ∈ {1, 2} (the shared machine's budget); smoke: two points."""
-    betas = exp.args.betas or exp.pick((5, 25), (5, 15, 25), BETAS)
-    return [(b, k) for k in (exp.args.ks or exp.pick((1,), KS, KS)) for b in betas]
-
-
-def build_plan(exp: Any) -> C.Plan:
-    runs = []
+def build_specs(exp: Any) -> list[Any]:
+    specs = []
     for arch, dataset in setups(exp):
-        for beta, k in grid(exp):
-            runs.append(C.RunSpec(
-                name=f"{arch}-{dataset}-beta{beta}-k{k}", config=f"paper/fif-pythae-{arch}-{dataset}.yaml",
-                overrides=scale_overrides(exp, arch, dataset) + [f"method.beta={beta}", f"method.n_hutchinson={k}",
-                                                                 f"train.seed={exp.args.seed}"],
-                group=f"{ARCHS[arch]} {DATASETS[dataset]}", params={"arch": arch, "dataset": dataset, "beta": beta, "K": k}))
-    features = "pixels" if exp.scale == "smoke" else "inception"
-    n = exp.args.n_fid or exp.pick(32, 50, 10_000)
-    n_val = min(n, 4) if exp.scale == "smoke" and exp.args.datasets and "mnist" not in exp.args.datasets else n
-    paper = exp.scale == "paper"
-    return C.Plan(
-        name=NAME, scale=exp.scale, runs=runs, seed=exp.args.seed,
-        validation=C.EvalSpec("val", n_val, ["prior", "gmm"], disjoint=not paper, features=features),
-        test=C.EvalSpec("test", n_val, ["prior", "gmm"], disjoint=not paper, features=features, inception_score=True),
-        criteria=dict(SAMPLERS),
-        notes={"selection": "per (architecture, data set) and sampler: lowest validation FID over beta x K"},
-    )
+        name = f"{NAME}-{arch}-{dataset}-{exp.scale}"
+        if not (S.SPECS / f"{name}.yaml").is_file():
+            raise SystemExit(f"experiments/{NAME}.py: no spec configs/sweeps/{name}.yaml ({exp.scale} scale has "
+                             f"{', '.join(sorted(p.stem for p in S.SPECS.glob(f'{NAME}-*-{exp.scale}.yaml')))})")
+        specs.append(S.load_table_spec(name, exp))
+    return specs
 
 
-def assemble(result: C.CampaignResult, exp: Any) -> dict[str, Any]:
-    plan = result.plan
-    metric = C.metric_name(plan.test.features)
-    is_note = C.is_column_note(plan)
-    grid_rows, rows = [], []
-    for spec in plan.runs:
-        rec = result.records[spec.name]
-        grid_rows.append({**{k: spec.params[k] for k in ("arch", "dataset", "beta", "K")},
-                          "val_fid_N": C.value(rec, "val", "prior"), "val_fid_GMM": C.value(rec, "val", "gmm"),
-                          "train_wall_s": (rec.train or {}).get("wall_s"), "steps": (rec.train or {}).get("global_step"),
-                          "failed": (rec.failed or {}).get("error")})
-    for group in dict.fromkeys(r.group for r in plan.runs):
-        arch, dataset = next((r.params["arch"], r.params["dataset"]) for r in plan.runs if r.group == group)
+def assemble(results: list[Any], exp: Any) -> dict[str, Any]:
+    from injflow.sweep.scoring import is_note, metric_name
+
+    spec = results[0].spec
+    metric = metric_name(spec.test.features)
+    grid_rows, rows, floors = [], [], {}
+    for result in results:
+        _, arch, dataset, _ = result.spec.name.split("-")
+        setup = f"{ARCHS[arch]} {DATASETS[dataset]}"
+        for rec in result.records:
+            grid_rows.append({"arch": arch, "dataset": dataset, "beta": rec.trial.values.get("method.beta"),
+                              "K": rec.trial.values.get("method.n_hutchinson"),
+                              "val_fid_N": S.value(rec, "val/fid_prior"), "val_fid_GMM": S.value(rec, "val/fid_gmm"),
+                              "train_wall_s": rec.train_seconds, "steps": rec.step, "failed": rec.error})
+        floors[setup] = S.real_data_floor(result, exp.args.device)
         for label, sampler in SAMPLERS.items():
-            rec = result.selected(group, label)
+            rec = result.selected("all", f"val/fid_{sampler}")
             paper = PAPER_FIF.get((arch, dataset), {}).get(label, (None, None))
             other = PAPER_BEST_OTHER.get((arch, dataset), {}).get(label, (None, None))
             rows.append({
-                "setup": group, "sampler": label, "selected": rec.spec.name if rec else None,
-                "beta": rec.spec.params["beta"] if rec else None, "K": rec.spec.params["K"] if rec else None,
-                "val_fid": C.value(rec, "val", sampler), "test_fid": C.value(rec, "test", sampler),
-                "test_is": C.value(rec, "test", sampler, "is"), "n": plan.test.n,
+                "setup": setup, "sampler": label, "selected": rec.name if rec else None,
+                "beta": rec.trial.values.get("method.beta") if rec else None,
+                "K": rec.trial.values.get("method.n_hutchinson") if rec else None,
+                "val_fid": S.value(rec, f"val/fid_{sampler}"), "test_fid": S.value(rec, f"test/fid_{sampler}"),
+                "test_is": S.value(rec, f"test/is_{sampler}"), "n": result.spec.test.n,
                 "paper_fif_fid": paper[0], "paper_fif_is": paper[1],
-                "paper_best_other": other[0], "paper_best_other_fid": other[1],
+                "paper_best_other": other[0], "paper_best_other_fid": other[1], "real_test_floor": floors[setup],
             })
-    floors = C.real_data_floor(result, exp.args.fid_cache, exp.args.device)
-    for row in rows:
-        row["real_test_floor"] = floors.get(row["setup"])
     write_table(grid_rows, exp.out / "validation_grid")
     write_table(rows, exp.out / "table8")
     celeba = [r for r in rows if r["setup"].endswith("CelebA")]
     if celeba:
         write_table(celeba, exp.out / "table3")
-    note = (f"{exp.scale} scale: {metric}, n = {plan.validation.n} per set (papers: 10k); "
-            f"{'reference disjoint from the reconstructed images' if plan.test.disjoint else 'papers protocol'}; "
-            f"steps per run: {sorted({g['steps'] for g in grid_rows if g['steps']})}; seed {plan.seed}")
+    note = (f"{exp.scale} scale: {metric}, n = {spec.evaluate.n} per set (papers: 10k); "
+            f"{'reference disjoint from the reconstructed images' if spec.test.disjoint else 'papers protocol'}; "
+            f"steps per run: {sorted({g['steps'] for g in grid_rows if g['steps']})}; seed {spec.evaluate.seed}")
     plot_fig10(grid_rows, exp.out / "fig10_validation_fid", note, metric)
-    return {"metric": metric, "is_note": is_note, "table8": rows, "n_fid": plan.test.n, "real_data_floor": floors}
+    return {"metric": metric, "is_note": is_note(spec.test), "table8": rows, "n_fid": spec.test.n,
+            "real_data_floor": floors}
 
 
 def plot_fig10(grid_rows: list[dict[str, Any]], path: Path, note: str, metric: str) -> Path:
@@ -184,16 +152,18 @@ def plot_fig10(grid_rows: list[dict[str, Any]], path: Path, note: str, metric: s
 
 
 def main(argv: list[str] | None = None) -> int:
-    exp = start(NAME, __doc__, argv, extra_args=C.campaign_args() + [
+    exp = start(NAME, __doc__, argv, extra_args=S.sweep_args() + [
         (("--datasets",), {"nargs": "+", "choices": list(DATASETS), "default": None,
                            "help": "data sets (default: cpu/smoke mnist; paper all three)"}),
         (("--archs",), {"nargs": "+", "choices": list(ARCHS), "default": None,
                         "help": "architectures (default: cpu/smoke resnet; paper both)"}),
-        (("--n-fid",), {"type": int, "default": None, "help": "images per FID set (default smoke 32, cpu 50, paper 10k)"}),
-        (("--betas",), {"nargs": "+", "type": int, "default": None, "help": "β grid (default: paper 5..25, cpu 5 15 25)"}),
-        (("--ks",), {"nargs": "+", "type": int, "default": None, "help": "K grid (default: 1 2; smoke 1)"}),
     ])
-    return C.run_from_args(exp, build_plan(exp), assemble)
+    results = S.run_sweeps(exp, build_specs(exp))
+    if isinstance(results, int):
+        return results
+    extra = assemble(results, exp)
+    exp.finish(**S.sweep_summary(results), **extra)
+    return 0
 
 
 if __name__ == "__main__":

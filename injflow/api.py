@@ -15,8 +15,9 @@ Your own networks::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
@@ -29,6 +30,9 @@ from .model import DATA_KINDS, InjectiveFlow
 from .runs import evaluate_run as evaluate
 from .runs import sample_run as sample
 from .train.runner import FitResult, fit_config, resume_run
+
+if TYPE_CHECKING:
+    from .sweep import SweepResult, SweepSpec
 
 __all__ = [
     "AE",
@@ -50,6 +54,7 @@ __all__ = [
     "load_config",
     "resume",
     "sample",
+    "sweep",
     "train",
 ]
 
@@ -111,7 +116,10 @@ def train(
             ``"image"`` for ``(N, C, H, W)`` tensors and ``"tabular"`` otherwise). It decides pictures and metrics.
         labels: ``(train, val, test)`` class labels for a conditional flow.
         image_shape: ``(C, H, W)`` of flat image data.
-        overrides: Dotted overrides of the default config's ``optim``, ``train``, ``data.batch_size``, ``run`` keys.
+        overrides: Dotted overrides of the default config's ``optim``, ``train``, ``data.batch_size``, ``run`` keys;
+            ``data.standardize=features`` (or ``global``, ``range`` with ``data.value_range``) scales the data for the
+            nets and keeps the scaling in the model (default ``none``: your tensors as they are, with a warning naming
+            the columns when they are far from standardised).
         run_dir: The run folder.
         verbose: Print where artefacts went.
 
@@ -119,10 +127,9 @@ def train(
         A :class:`FitResult`; ``result.flow is flow``.
     """
     from .config import apply_overrides
+    from .data.memory import describe_tensors
 
     method_obj = build_method(method) if isinstance(method, str) else method
-    base = {"model": {"latent_dim": flow.latent_dim}, "run": {"name": "custom"}}
-    config = config_from_dict({**apply_overrides(base, overrides), "method": method_obj})
     shape = tuple(train_data.shape[1:])
     if kind is None:
         kind = flow.data_kind or ("image" if len(shape) == 3 else "tabular")
@@ -133,6 +140,10 @@ def train(
     info = {} if num_classes is None else {"num_classes": num_classes}
     data = DataSplits("tensors", kind, train_data, val, test, None, train_labels, val_labels, test_labels, info,
                       image_shape or flow.image_shape)
+    # The saved config tells what the data were (tensors in memory: kind, shapes, sizes), not the default data set.
+    base = {"model": {"latent_dim": flow.latent_dim, "conditional": flow.conditional},
+            "data": {**describe_tensors(data), "standardize": "none"}, "run": {"name": "custom"}}
+    config = config_from_dict({**apply_overrides(base, overrides), "method": method_obj})
     return fit_config(config, run_dir=run_dir, flow=flow, data=data, verbose=verbose)
 
 
@@ -161,6 +172,45 @@ def load(path: str | Path, *, checkpoint: str | None = None, **kwargs: Any) -> I
     return InjectiveFlow.load(path, **kwargs)
 
 
-def resume(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> FitResult:
-    """Continues a killed run from its last checkpoint (like ``injflow fit --resume RUN``)."""
-    return resume_run(run_dir, overrides)
+def resume(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), *, verbose: bool = True) -> FitResult:
+    """Continues a killed run from its last checkpoint (like ``injflow fit --resume RUN``); ``verbose``: print where
+    artefacts went."""
+    return resume_run(run_dir, overrides, verbose=verbose)
+
+
+def sweep(
+    spec: SweepSpec | str | Path | None,
+    *,
+    folder: str | Path | None = None,
+    resume: bool = False,
+    address: str | None = None,
+    cpus_per_trial: float = 1,
+    gpus_per_trial: float = 0,
+    max_concurrent: int | None = None,
+    max_failures: int = 2,
+    retry_failed: bool = False,
+    dry_run: bool = False,
+    log: Callable[[str], None] = print,
+) -> SweepResult:
+    """Runs a sweep on Ray Tune, like ``injflow sweep SPEC`` (:func:`injflow.sweep.run_sweep`, docs/sweeps.md).
+
+    Arguments:
+        spec: A spec file (YAML), a :class:`~injflow.sweep.SweepSpec`, or with ``resume`` the sweep folder.
+        folder: The sweep folder (default ``runs/sweeps/<spec name>``).
+        resume: Continue the sweep in ``folder``: finished trials are kept, interrupted ones resume.
+        address: A Ray cluster (default ``$RAY_ADDRESS``, else Ray starts on this machine).
+        cpus_per_trial, gpus_per_trial: Resources per trial (a GPU fraction shares a GPU).
+        max_concurrent: At most this many trials at once.
+        max_failures: Restarts of a trial whose process died.
+        retry_failed: Run the trials that failed before again.
+        dry_run: Only list the trials with their states and estimated times.
+        log: Where progress lines go.
+
+    Returns:
+        A :class:`~injflow.sweep.SweepResult` (records, selections, ``complete``).
+    """
+    from .sweep import run_sweep
+
+    return run_sweep(spec, folder=folder, resume=resume, address=address, cpus_per_trial=cpus_per_trial,
+                     gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent, max_failures=max_failures,
+                     retry_failed=retry_failed, dry_run=dry_run, log=log)

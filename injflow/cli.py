@@ -1,4 +1,5 @@
-"""The ``injflow`` command line: ``fit``, ``sample``, ``evaluate`` and ``report`` over YAML configs and run folders.
+"""The ``injflow`` command line: ``fit``, ``sample``, ``evaluate``, ``report``, ``export`` and ``sweep`` over YAML configs
+and run folders.
 
 Examples::
 
@@ -8,11 +9,15 @@ Examples::
     injflow sample runs/fif-sinusoid-20240101-120000 --n 1000 --sampler gmm --temperature 0.8
     injflow evaluate runs/fif-sinusoid-20240101-120000
     injflow report runs/fif-sinusoid-20240101-120000 [more runs to compare ...]
+    injflow export runs/fif-sinusoid-20240101-120000 --format onnx   # or pretrained, torch-export
+    injflow sweep configs/sweeps/kumar_table1-mnist-cpu.yaml --max-concurrent 2
 
-This module only parses arguments: the work is done by :mod:`injflow.train.runner` (fit) and :mod:`injflow.runs`
-(sample, evaluate, report). An error injflow can explain (:class:`~injflow.errors.InjflowError`: a bad config
-key, bad data, a corrupt checkpoint, an unfinished run, a locked folder...) is printed as one line with exit status
-2 (3 when training stopped on a non-finite loss, 128+N after signal N); ``--debug`` adds the traceback.
+This module only parses arguments: the work is done by :mod:`injflow.train.runner` (fit), :mod:`injflow.runs`
+(sample, evaluate, report), :mod:`injflow.hub` and :mod:`injflow.export` (export) and :mod:`injflow.sweep` (sweep). An
+error injflow can explain (:class:`~injflow.errors.InjflowError`: a bad config key, bad data, a corrupt checkpoint, an
+unfinished run, a locked folder...) is printed as one line with exit status 2 (3 when training stopped on a non-finite
+loss, 128+N after signal N); ``--debug`` adds the traceback. ``sweep`` exits with 3 when trials are left to run
+(``--resume``).
 """
 
 from __future__ import annotations
@@ -82,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="prior = training latent; gaussian/gmm = post-fit on encoded training data")
     s.add_argument("--temperature", type=float, default=1.0, help="scales the latent spread (default 1)")
     s.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    s.add_argument("--out", help="output .pt file (default <RUN>/samples/...)")
+    s.add_argument("--out", help="output file, written as its suffix says: .npy, .csv (with the training columns' header), .pt "
+                   "or .png (a picture) (default <RUN>/samples/<sampler>_T<T>.pt)")
     s.add_argument("--class", dest="label", type=int, default=None, metavar="C",
                    help="class label of a conditional model (default: every class in turn)")
     s.add_argument("--checkpoint", choices=["last", "best"], default=None,
@@ -121,6 +127,28 @@ def _parser() -> argparse.ArgumentParser:
                    help="evaluate this checkpoint of an unfinished run (default: the finished model.pt)")
     e.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
+    x = sub.add_parser(
+        "export",
+        formatter_class=_fmt,
+        help="write a run's model for use outside injflow",
+        description="Write a run's model for other tools, in <RUN>/export/<format>/ unless --out is given:\n"
+        "  pretrained    a Hugging Face model folder: config.json, model.safetensors (no pickle), a model card README.md\n"
+        "                with the metrics of `injflow evaluate`; load with InjectiveFlow.from_pretrained(FOLDER)\n"
+        "  onnx          encoder.onnx, decoder.onnx and sample_<sampler>.onnx (the decode path, noise as inputs), each\n"
+        "                run in onnxruntime on the test split against PyTorch (differences in check.json)\n"
+        "  torch-export  the same graphs as torch.export programs (.pt2), checked the same way",
+        epilog="examples:\n  injflow export runs/fif-sinusoid-20240101-120000\n"
+        "  injflow export runs/fif-mnist --format onnx --out deploy/fif-mnist",
+    )
+    x.add_argument("run", metavar="RUN", help="run folder written by `injflow fit`")
+    x.add_argument("--format", choices=["pretrained", "onnx", "torch-export"], default="pretrained",
+                   help="what to write (default pretrained)")
+    x.add_argument("--out", metavar="DIR", default=None, help="output folder (default <RUN>/export/<format>)")
+    x.add_argument("--checkpoint", choices=["last", "best"], default=None,
+                   help="export this checkpoint of an unfinished run (default: the finished model.pt)")
+    x.add_argument("--max-rows", type=int, default=1000, help="test rows the graphs are checked on (default 1000)")
+    x.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+
     r = sub.add_parser(
         "report",
         formatter_class=_fmt,
@@ -135,10 +163,39 @@ def _parser() -> argparse.ArgumentParser:
                    help="output folder (default: the run folder for one run, <parent>/compare-<names> for several)")
     r.add_argument("--title", default=None, help="page title")
     r.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+
+    w = sub.add_parser(
+        "sweep",
+        formatter_class=_fmt,
+        help="train a grid of configs on Ray Tune and select the best per group",
+        description="Train every grid point of a sweep spec as a run folder DIR/trials/<name>/ on Ray Tune (this machine's\n"
+        "cores, or a cluster with --address), select per group on a validation metric, evaluate the selected trials\n"
+        "on the test split, and write DIR/trials.csv and DIR/selection.json. A killed sweep continues with --resume.\n"
+        "Needs Ray: pip install 'injflow[sweep]'. See docs/sweeps.md.",
+        epilog="examples:\n  injflow sweep configs/sweeps/kumar_table1-mnist-cpu.yaml --dry-run\n"
+        "  injflow sweep my-sweep.yaml --dir runs/sweeps/mine --max-concurrent 2\n"
+        "  injflow sweep --resume runs/sweeps/mine\n"
+        "  injflow sweep my-sweep.yaml --address ray://head:10001 --gpus-per-trial 0.25",
+    )
+    w.add_argument("spec", nargs="?", metavar="SPEC", help="sweep spec (YAML); with --resume, may be the sweep folder")
+    w.add_argument("--dir", dest="folder", metavar="DIR", default=None,
+                   help="sweep folder (default runs/sweeps/<spec name>)")
+    w.add_argument("--resume", action="store_true",
+                   help="continue the sweep in DIR: finished trials are kept, interrupted ones resume from checkpoints")
+    w.add_argument("--address", default=None, help="Ray cluster address (default $RAY_ADDRESS, else Ray starts here)")
+    w.add_argument("--cpus-per-trial", type=float, default=1, metavar="N", help="CPUs (and torch threads) per trial (default 1)")
+    w.add_argument("--gpus-per-trial", type=float, default=0, metavar="F",
+                   help="GPUs per trial; a fraction shares a GPU between trials (default 0)")
+    w.add_argument("--max-concurrent", type=int, default=None, metavar="N", help="at most N trials at once")
+    w.add_argument("--max-failures", type=int, default=2, metavar="N",
+                   help="restarts of a trial whose process dies (default 2); each resumes from its last checkpoint")
+    w.add_argument("--retry-failed", action="store_true", help="run again the trials that failed before")
+    w.add_argument("--dry-run", action="store_true", help="list the trials, their states and estimated times; run nothing")
+    w.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return p
 
 
-def _run(args: argparse.Namespace) -> None:
+def _run(args: argparse.Namespace) -> int:
     if args.command == "fit":
         from .config import ConfigError, load_config
         from .train.runner import fit_config, resume_run
@@ -164,15 +221,62 @@ def _run(args: argparse.Namespace) -> None:
         )
     elif args.command == "report":
         report_runs(args.runs, out=args.out, title=args.title)
+    elif args.command == "export":
+        if args.format == "pretrained":
+            from .hub import export_pretrained
+
+            folder = export_pretrained(args.run, args.out, checkpoint=args.checkpoint)
+            print(f"[injflow] model folder -> {folder}  (InjectiveFlow.from_pretrained({str(folder)!r}))")
+        else:
+            from .export import export_run
+
+            export_run(args.run, format=args.format, out=args.out, checkpoint=args.checkpoint, max_rows=args.max_rows)
+    elif args.command == "sweep":
+        from .sweep import run_sweep
+
+        result = run_sweep(args.spec, folder=args.folder, resume=args.resume, address=args.address,
+                           cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                           max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+                           retry_failed=args.retry_failed, dry_run=args.dry_run)
+        if not args.dry_run and not result.complete:
+            return 3  # trials are left (e.g. stopped by a signal): rerun with --resume
+    return 0
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:
+    return f"injflow: warning: {message}\n"
+
+
+class _formatted_warnings:
+    """Sets ``warnings.formatwarning`` for the duration of one command."""
+
+    def __init__(self, format_warning: object) -> None:
+        self.format_warning = format_warning
+
+    def __enter__(self) -> None:
+        import warnings
+
+        self.saved, warnings.formatwarning = warnings.formatwarning, self.format_warning
+
+    def __exit__(self, *exc: object) -> None:
+        import warnings
+
+        warnings.formatwarning = self.saved
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``injflow`` console script; returns the exit status."""
+    import warnings
+
     args = _parser().parse_args(argv)
     from .errors import InjflowError
 
+    # Warnings meant for the user (unscaled data, a detected index column...) read as one line each, not as a source
+    # line of the library; --debug keeps Python's format.
+    show = warnings.formatwarning if args.debug else _one_line_warning
     try:
-        _run(args)
+        with _formatted_warnings(show):
+            status = _run(args)
     except InjflowError as e:
         if args.debug:
             raise
@@ -187,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("injflow: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -41,6 +41,9 @@ __all__ = [
     "SchedulerConfig",
     "OptimConfig",
     "TrainConfig",
+    "MlflowConfig",
+    "WandbConfig",
+    "LOGGERS",
     "RunConfig",
     "config_from_dict",
     "config_to_dict",
@@ -50,6 +53,7 @@ __all__ = [
     "apply_overrides",
     "default_config_path",
     "check_dimensions",
+    "run_name",
     "changed_keys",
     "lookup_key",
     "RESUMABLE_KEYS",
@@ -115,9 +119,14 @@ class DataConfig:
     batch_size: int = 256
     val_batch_size: int | None = None
     drop_last: bool = False
+    #: Scaling fitted on the training split and kept in the model (injflow.scaling): auto, features, global, range, none.
+    standardize: str = "auto"
+    #: ``[low, high]`` of ``range`` scaling (images), mapped to [0, 1].
+    value_range: list[float] | None = None
 
     def __post_init__(self) -> None:
         from .data import DATASETS
+        from .scaling import STANDARDIZE_METHODS
 
         if self.name not in DATASETS:
             raise ConfigError(f"unknown data set {self.name!r}; choose from: {', '.join(DATASETS.names())}", key="name")
@@ -127,6 +136,15 @@ class DataConfig:
             raise ConfigError(f"must be >= 1, got {self.batch_size}", key="batch_size")
         if self.val_batch_size is not None and self.val_batch_size < 1:
             raise ConfigError(f"must be >= 1, got {self.val_batch_size}", key="val_batch_size")
+        if self.standardize not in STANDARDIZE_METHODS:
+            raise ConfigError(f"expected one of {', '.join(STANDARDIZE_METHODS)}, got {self.standardize!r}", key="standardize")
+        if self.value_range is not None:
+            vr = self.value_range
+            if (not isinstance(vr, (list, tuple)) or len(vr) != 2 or not all(isinstance(v, (int, float)) for v in vr)
+                    or not vr[0] < vr[1]):
+                raise ConfigError(f"expected [low, high] with low < high, got {vr!r}", key="value_range")
+            if self.standardize not in ("auto", "range"):
+                raise ConfigError(f"is for range scaling, but data.standardize is {self.standardize!r}", key="value_range")
 
 
 @dataclass
@@ -306,6 +324,33 @@ def parse_duration(value: float | str | None, key: str = "duration") -> float | 
     return seconds
 
 
+#: Where the terms of a run are logged (``train.loggers``); ``csv`` (``metrics.csv``) is always one of them.
+LOGGERS = ("csv", "tensorboard", "mlflow", "wandb")
+
+
+@dataclass
+class MlflowConfig:
+    """MLflow tracking (``train.loggers`` with ``mlflow``; :mod:`injflow.train.loggers`).
+
+    ``tracking_uri``: a server (``http://host:5000``) or a store URI; default: the SQLite store
+    ``<folder holding the run folder>/mlflow.db`` (sibling runs, e.g. a sweep's trials, share it). ``experiment``:
+    default ``run.name``.
+    """
+
+    tracking_uri: str | None = None
+    experiment: str | None = None
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases tracking (``train.loggers`` with ``wandb``); ``mode: offline`` (default) writes the run under
+    ``RUN/wandb/`` without a network (``wandb sync`` uploads it later). ``project``: default ``run.name``."""
+
+    project: str | None = None
+    entity: str | None = None
+    mode: Literal["offline", "online"] = "offline"
+
+
 @dataclass
 class TrainConfig:
     """Loop, devices, regularisation of the inputs, checkpoints, plots and post-fit samplers.
@@ -350,9 +395,15 @@ class TrainConfig:
     num_threads: int | None = None
     samplers: list[str] = field(default_factory=lambda: ["gaussian", "gmm"])
     gmm_components: int = 10
+    loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
+    tags: dict[str, Any] = field(default_factory=dict)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self) -> None:
         from .distributions import SAMPLERS
+
+        self._check_loggers()
 
         _check_seed("seed", self.seed)
         if self.max_epochs < 1:
@@ -394,14 +445,32 @@ class TrainConfig:
         if bad:
             raise ConfigError(f"unknown post-fit sampler(s) {bad}; choose from: {', '.join(SAMPLERS.names())}", key="samplers")
 
+    def _check_loggers(self) -> None:
+        unknown = [name for name in self.loggers if name not in LOGGERS]
+        if unknown:
+            raise ConfigError(f"unknown logger {unknown[0]!r}; choose from: {', '.join(LOGGERS)}", key="loggers")
+        if len(set(self.loggers)) != len(self.loggers):
+            raise ConfigError(f"{self.loggers} names a logger twice", key="loggers")
+        if "csv" not in self.loggers:
+            raise ConfigError(f"'csv' cannot be left out (metrics.csv is the run's own record: resume, reports and sweeps "
+                              f"read it); add trackers after it, e.g. [csv, tensorboard, mlflow], got {self.loggers}",
+                              key="loggers")
+        tags = {}
+        for key, value in self.tags.items():  # tracker tags are strings; YAML reads 20 or true as numbers and booleans
+            if not isinstance(value, (str, int, float, bool)):
+                raise ConfigError(f"a tag is a string (or a number), got {value!r}", key=f"tags.{key}")
+            tags[str(key)] = value if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+        self.tags = tags
+
 
 @dataclass
 class RunConfig:
-    """Where artefacts go: ``dir`` if given, else ``<root>/<name>-<timestamp>``."""
+    """Where artefacts go: ``dir`` if given, else ``<root>/<name>-<timestamp>``; ``name`` defaults to
+    ``<method>-<data>``, the data being an own file's name without suffix (``fif-cancer``) or the data set's name."""
 
     dir: str | None = None
     root: str = "runs"
-    name: str = "run"
+    name: str | None = None
 
 
 def _default_method() -> Method:
@@ -695,12 +764,19 @@ def as_config(config: Config | dict[str, Any] | str | Path | None) -> Config:
 
 
 def check_dimensions(config: Config, data_shape: tuple[int, ...]) -> None:
-    """Rejects impossible sizes once the data shape is known: d ≥ D, or K larger than the trace space."""
+    """Rejects impossible sizes once the data shape is known: d ≥ D (d ≠ D for a free-form flow), or K larger than the
+    trace space."""
     data_dim = math.prod(data_shape)
     d = config.model.latent_dim
-    if d >= data_dim:
-        raise ConfigError(f"an injective flow needs d < D, got d={d} for data of shape {tuple(data_shape)} (D={data_dim})",
-                          key="model.latent_dim")
+    method = config.method
+    if getattr(method, "full_dimensional", False):  # a free-form flow (fff): a normalizing flow, d = D
+        if d != data_dim:
+            raise ConfigError(f"method {method.name} is a free-form flow and needs d = D, got d={d} for data of shape "
+                              f"{tuple(data_shape)}; set model.latent_dim={data_dim}", key="model.latent_dim")
+    elif d >= data_dim:
+        hint = "; for d = D (a free-form flow, a normalizing flow) use method.name=fff" if d == data_dim else ""
+        raise ConfigError(f"an injective flow needs d < D, got d={d} for data of shape {tuple(data_shape)} (D={data_dim})"
+                          + hint, key="model.latent_dim")
     try:
         config.method.check(latent_dim=d, data_dim=data_dim)
     except ConfigError as e:
@@ -713,6 +789,7 @@ RESUMABLE_KEYS = (
     "train.num_threads", "train.checkpoint_every_n_steps", "train.checkpoint_interval", "train.log_every_n_steps",
     "train.pictures", "train.plot_every_n_epochs", "train.samplers", "train.gmm_components", "train.accelerator",
     "train.devices", "train.strategy", "train.num_nodes", "train.check_finite_every_n_steps", "train.compile", "run.",
+    "train.loggers", "train.tags", "train.mlflow", "train.wandb",
     "data.root", "data.download",
 )
 
@@ -740,3 +817,17 @@ def lookup_key(d: dict[str, Any], key: str) -> Any:
     for part in key.split("."):
         d = d.get(part) if isinstance(d, dict) else None
     return d
+
+
+def run_name(config: Config) -> str:
+    """``run.name``, or ``<method>-<data>`` when it is not set: ``fif-sinusoid``, or ``fif-cancer`` for your own
+    ``data.options.path=cancer.csv`` (the run folder's stem and the tracked experiment's default name).
+
+    Example:
+        >>> run_name(load_config(None))
+        'fif-sinusoid'
+    """
+    if config.run.name:
+        return config.run.name
+    source = config.data.options.get("path") if config.data.name in ("array", "image_folder") else None
+    return f"{config.method.name}-{Path(str(source)).stem if source else config.data.name}"

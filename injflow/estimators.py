@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -38,11 +39,13 @@ __all__ = [
     "sample_noise",
     "vjp",
     "jvp",
+    "prepare_forward_ad",
     "reverse_jvp_operator",
     "standard_normal_log_prob",
     "volume_change_surrogate",
     "fif_loss",
     "fif_loss_functional",
+    "fff_loss",
     "decoder_jvp_sq_norm",
     "injflow_ln_terms",
     "injflow_terms",
@@ -52,6 +55,7 @@ __all__ = [
     "encoder_jacobian",
     "decoder_log_volume",
     "encoder_log_volume",
+    "log_abs_det_jacobian",
 ]
 
 Function = Callable[[Tensor], Tensor]
@@ -113,15 +117,20 @@ def _check_data(x: Tensor) -> Tensor:
     return x
 
 
-def _check_latent(z: Tensor, x: Tensor) -> int:
+def _check_latent(z: Tensor, x: Tensor, *, full_dimensional: bool = False) -> int:
     if not isinstance(z, Tensor) or z.ndim != 2 or z.shape[0] != x.shape[0]:
         shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
         raise ValueError(f"encode must return shape (B, d) = ({x.shape[0]}, d), got {shape}")
     d, big_d = z.shape[1], x[0].numel()
-    if d >= big_d:
+    if full_dimensional and d != big_d:
+        raise ValueError(
+            f"latent dimension d={d} must equal the data dimension D={big_d} for a free-form flow "
+            "(full_dimensional=True); for d < D use the injective flow (full_dimensional=False)"
+        )
+    if not full_dimensional and d >= big_d:
         raise ValueError(
             f"latent dimension d={d} must be smaller than the data dimension D={big_d}: an injective flow "
-            "needs a bottleneck (use a normalizing flow for d = D)"
+            "needs a bottleneck (for d = D, a free-form flow, pass full_dimensional=True or use fff_loss)"
         )
     return d
 
@@ -332,6 +341,23 @@ class _LinearTangents(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+@functools.cache
+def prepare_forward_ad() -> None:
+    """Loads PyTorch's forward-mode decompositions once, without the deprecation notice they print.
+
+    On its first ``make_dual`` PyTorch registers its JVP decompositions by compiling them with ``torch.jit.script``
+    (``torch/_decomp/decompositions_for_jvp.py``), which in torch 2.13 warns "`torch.jit.script` is deprecated" 18
+    times. The call is PyTorch's own, not injflow's, and the decompositions are needed (they are the forward-mode
+    rules of several ops), so they are loaded here, with exactly that warning silenced; every later ``make_dual``
+    finds them loaded. :func:`jvp` calls this; code that uses ``torch.autograd.forward_ad`` directly may too.
+    """
+    load = getattr(fwAD, "_maybe_load_decompositions", None)  # torch's own condition (PYTORCH_JIT=1, not -O)
+    if load is not None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=DeprecationWarning)
+            load()
+
+
 def jvp(fn: Function, primal: Tensor, tangent: Tensor, *, name: str = "function") -> tuple[Tensor, Tensor]:
     r"""Forward-mode Jacobian-vector product: returns ``(fn(primal), fn'(primal) @ tangent)`` in one pass.
 
@@ -340,6 +366,7 @@ def jvp(fn: Function, primal: Tensor, tangent: Tensor, *, name: str = "function"
     layers propagate the tangent with one product each (:class:`_LinearTangents`), so the pass costs about two
     plain forwards.
     """
+    prepare_forward_ad()
     with fwAD.dual_level(), _LinearTangents():
         # make_dual rejects overlapping memory (e.g. expanded tensors), hence contiguous().
         out = fn(fwAD.make_dual(primal.contiguous(), tangent.contiguous()))
@@ -419,6 +446,7 @@ def volume_change_surrogate(
     trace_space: Literal["latent", "data"] = "latent",
     mode: Literal["mixed", "forward", "backward"] = "mixed",
     generator: torch.Generator | None = None,
+    full_dimensional: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     r"""FIF surrogate whose gradient is the gradient of :math:`\tfrac12\log\det(g'(z)^\top g'(z))`.
 
@@ -447,12 +475,18 @@ def volume_change_surrogate(
       ``"forward"`` forward mode only (FIF App. D.2). All modes give the same value and gradients for the
       same noise.
     - ``n_hutchinson`` K ≤ dim of the trace space, ``noise`` in :data:`NOISE_KINDS`.
+    - ``full_dimensional``: ``True`` for a free-form flow with d = D (Draxler et al. 2024, FFF). The Jacobians are
+      square, :math:`\tfrac12\log\det(G^\top G) = \log|\det G|`, and the same surrogate has the gradient of
+      :math:`\log|\det g'(z)| = -\log|\det f'(x)|` when :math:`g = f^{-1}` (FFF eq. 7-8). Every option above
+      applies except ``jacobian_at="x_hat"``, which is refused: there is no manifold to project onto, and the change
+      of variables of x needs :math:`f'(x)` itself.
 
     Arguments:
         x: data batch of shape (B, *data_shape), finite.
-        encode: f, (B, *data_shape) -> (B, d) with d < D.
+        encode: f, (B, *data_shape) -> (B, d) with d < D (d = D with ``full_dimensional=True``).
         decode: g, (B, d) -> (B, *data_shape).
         generator: optional random generator for the noise (same seed → same noise in every mode).
+        full_dimensional: d = D (a free-form flow) instead of a bottleneck d < D.
 
     Returns:
         ``(z, x_hat, surrogate)`` with ``z = f(x)`` (B, d), ``x_hat = g(z)`` (B, *data_shape) and the surrogate (B,).
@@ -467,6 +501,11 @@ def volume_change_surrogate(
     _choice("grad_to", grad_to, _GRAD_TO)
     _choice("trace_space", trace_space, _TRACE_SPACES)
     _choice("mode", mode, _MODES)
+    if full_dimensional and jacobian_at != "x":
+        raise ValueError(
+            "jacobian_at='x_hat' does not apply at d = D (full_dimensional=True): there is no manifold to project onto, "
+            "and the change of variables of x needs f'(x); use jacobian_at='x'"
+        )
     _check_data(x)
     if not (mode == "mixed" and trace_space == "latent" and grad_to == "encoder"):
         _warn_fused_batchnorm(encode, decode, path=f"the surrogate with {mode=}, {trace_space=}, {grad_to=}")
@@ -477,7 +516,7 @@ def volume_change_surrogate(
     x_in = x.detach().requires_grad_(True) if needs_x_graph else x
 
     z = encode(x_in)
-    d = _check_latent(z, x)
+    d = _check_latent(z, x, full_dimensional=full_dimensional)
     eps = sample_noise(
         x.shape[0], (d,) if latent else x.shape[1:], n_hutchinson, noise,
         dtype=z.dtype, device=z.device, generator=generator,
@@ -667,8 +706,8 @@ def fif_loss_functional(
     The same loss as :func:`fif_loss` with ``mode="mixed"``, ``trace_space="latent"``, ``jacobian_at="x"``,
     ``grad_to="encoder"`` and the Hutchinson vectors ``eps`` (K, B, d) given:
 
-    .. math:: \mathcal L = -\log p_Z(z) - 	frac1K\sum_k \epsilon_k^	op f'(x)\,\mathrm{sg}ig(g'(z)\epsilon_kig)
-              + eta\|g(z) - x\|^2,\qquad z = f(x),
+    .. math:: \mathcal L = -\log p_Z(z) - \tfrac1K\sum_k \epsilon_k^\top f'(x)\,\mathrm{sg}\big(g'(z)\epsilon_k\big)
+              + \beta\|g(z) - x\|^2,\qquad z = f(x),
 
     with ``torch.func.vjp`` of the encoder (one forward shared with the NLL) and ``torch.func.jvp`` of the decoder,
     whose primal output is :math:`\hat x` (App. D.2). ``torch.compile`` traces these transforms whole, which it cannot
@@ -701,6 +740,84 @@ def fif_loss_functional(
     reconstruction = (x_hat - x).flatten(1).pow(2).sum(1)
     return {"loss": nll + beta * reconstruction, "nll": nll, "reconstruction": reconstruction, "surrogate": surrogate,
             "latent_sq_norm": z.detach().flatten(1).pow(2).sum(1)}
+def fff_loss(
+    x: Tensor,
+    encode: Function,
+    decode: Function,
+    *,
+    beta: float,
+    latent_log_prob: Function | None = None,
+    exact: bool = False,
+    **surrogate_options,
+) -> dict[str, Tensor]:
+    r"""Per-sample free-form flow loss at d = D (FFF; Draxler, Sorrenson et al., AISTATS 2024, eq. 7-9):
+
+    .. math:: \mathcal L(x) = \underbrace{-\log p_Z(f(x)) - \log|\det f'(x)|}_{\text{nll}}
+              + \beta \|g(f(x)) - x\|^2,
+
+    the change of variables of the normalizing flow :math:`f` plus the reconstruction term that keeps the free-form
+    decoder :math:`g` close to :math:`f^{-1}`. With ``exact=False`` (default) the log-determinant is replaced by the
+    FIF surrogate with square Jacobians, :math:`-\frac1K\sum_k \epsilon_k^\top f'(x)\,\mathrm{sg}(g'(z)\epsilon_k)`
+    (:func:`volume_change_surrogate` with ``full_dimensional=True``): its gradient is the gradient of
+    :math:`-\log|\det f'(x)|` when :math:`g'(z) = f'(x)^{-1}` (FFF theorem 4.1), but its value is not the log-determinant.
+    With ``exact=True`` it is :func:`log_abs_det_jacobian` of the encoder (the full D × D Jacobian, one
+    ``slogdet``), whose value *is* the exact negative log-density of x under the flow :math:`f`: for small D.
+
+    Arguments:
+        x: data batch (B, *data_shape).
+        encode, decode: f and g, both between (B, *data_shape) and (B, D).
+        beta: reconstruction weight β ≥ 0.
+        latent_log_prob: z -> log p_Z(z) of shape (B,); ``None`` means the standard normal.
+        exact: the exact log-determinant instead of the surrogate (no Hutchinson options then).
+        surrogate_options: keyword arguments of :func:`volume_change_surrogate` (not ``full_dimensional``).
+
+    Returns:
+        A dict of per-sample tensors: ``loss``, ``nll``, ``reconstruction``, ``log_prob``, ``z``, ``x_hat`` and
+        ``surrogate`` (surrogate path) or ``log_det`` (:math:`\log|\det f'(x)|`, exact path).
+
+    Example:
+        >>> enc, dec = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
+        >>> out = fff_loss(torch.randn(8, 3), enc, dec, beta=10.0)
+        >>> out["loss"].mean().backward()
+        >>> exact = fff_loss(torch.randn(8, 3), enc, dec, beta=10.0, exact=True)
+        >>> torch.allclose(exact["log_det"], torch.linalg.slogdet(enc.weight).logabsdet.expand(8))
+        True
+    """
+    if not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
+        raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+    if "full_dimensional" in surrogate_options:
+        raise ValueError("full_dimensional is implied by fff_loss (d = D); do not pass it")
+    if exact:
+        if surrogate_options:
+            raise ValueError(
+                f"{sorted(surrogate_options)[0]} is an option of the surrogate estimator and has no effect with exact=True "
+                "(the exact log-determinant uses the full Jacobian, no Hutchinson samples)"
+            )
+        z = encode(x)
+        _check_latent(z, _check_data(x), full_dimensional=True)
+        x_hat = _check_reconstruction(decode(z), x)
+        log_det = log_abs_det_jacobian(encode, x)
+        volume = -log_det
+        extra = {"log_det": log_det}
+    else:
+        z, x_hat, volume = volume_change_surrogate(x, encode, decode, full_dimensional=True, **surrogate_options)
+        extra = {"surrogate": volume}
+    log_prob = standard_normal_log_prob(z) if latent_log_prob is None else latent_log_prob(z)
+    if not isinstance(log_prob, Tensor) or log_prob.shape != volume.shape:
+        raise ValueError(
+            f"latent_log_prob must return shape {tuple(volume.shape)}, got {getattr(log_prob, 'shape', log_prob)}"
+        )
+    reconstruction = (x_hat - x).pow(2).flatten(1).sum(1)
+    nll = -log_prob + volume
+    return {
+        "loss": nll + beta * reconstruction,
+        "nll": nll,
+        "reconstruction": reconstruction,
+        **extra,
+        "log_prob": log_prob,
+        "z": z,
+        "x_hat": x_hat,
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1111,3 +1228,37 @@ def encoder_log_volume(
     off the manifold it is the volume term of the off-manifold loss (FIF eq. 46).
     """
     return _half_log_det_gram(encoder_jacobian(encode, x, chunk_size=chunk_size).transpose(1, 2), dtype)
+
+
+def log_abs_det_jacobian(
+    fn: Function, x: Tensor, *, chunk_size: int | None = None, dtype: torch.dtype | None = torch.float64
+) -> Tensor:
+    r"""Exact :math:`\log|\det f'(x)|` per sample for a square map :math:`f: \mathbb R^D \to \mathbb R^D`, shape (B,).
+
+    The change of variables of a normalizing flow, :math:`\log p(x) = \log p_Z(f(x)) + \log|\det f'(x)|`, for
+    free-form flows at d = D (FFF). One ``slogdet`` of the full D × D Jacobian (:func:`encoder_jacobian`, reverse
+    mode, chunked) — not :math:`\tfrac12\log\det(J^\top J)`, which squares the condition number and costs a
+    second product. ``dtype`` sets the precision of the determinant (float64 by default; ``None`` keeps the
+    Jacobian's dtype). Differentiable w.r.t. ``fn``'s parameters (and x if it requires grad) while gradients are
+    enabled, so it also trains small-D flows exactly. Cost: D backward passes over the batch.
+
+    Arguments:
+        fn: the map, (B, *data_shape) -> (B, D) with D = prod(data_shape) (e.g. an FFF encoder).
+        x: points (B, *data_shape).
+        chunk_size: Jacobian rows per pass (bounds memory).
+        dtype: precision of the determinant.
+
+    Example:
+        >>> a = torch.tensor([[2.0, 1.0], [0.0, 3.0]])
+        >>> log_abs_det_jacobian(lambda v: v @ a.T + 1.0, torch.randn(4, 2))  # log 6 at every point
+        tensor([1.7918, 1.7918, 1.7918, 1.7918])
+    """
+    jacobian = encoder_jacobian(fn, x, chunk_size=chunk_size)
+    if jacobian.shape[1] != jacobian.shape[2]:
+        raise ValueError(
+            f"log_abs_det_jacobian needs a square map (output dimension = input dimension = {jacobian.shape[2]}), got "
+            f"output dimension {jacobian.shape[1]}; for d < D use encoder_log_volume / decoder_log_volume"
+        )
+    source = jacobian.dtype
+    square = jacobian if dtype is None else jacobian.to(dtype)
+    return torch.linalg.slogdet(square).logabsdet.to(source)

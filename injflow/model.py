@@ -11,6 +11,12 @@ log-determinant). It describes itself — data shape, data kind (``toy``/``tabul
 of flat image data, the number of classes of a conditional model, and the config that built it — and is saved
 to (and loaded from) a file that holds tensors and plain data only.
 
+A model may carry a *scaler* (:mod:`injflow.scaling`, ``data.standardize``): the affine map :math:`s` from the
+user's units to the units the nets were trained in. The user-facing maps are then :math:`f \circ s` and
+:math:`s^{-1} \circ g` — ``encode``, ``decode``, ``sample``, ``log_prob`` (its volume term is that of
+:math:`s^{-1} \circ g`, exact) and everything built on them take and return the user's units — while
+:meth:`InjectiveFlow.given`, what methods and estimators train through, is in the model's units.
+
 A *conditional* model (``num_classes`` set) has nets ``encoder(x, c)`` and ``decoder(z, c)`` for integer class
 labels ``c`` of shape ``(B,)``; every map then takes ``c`` (FIF figs. 6, 8, 9 use conditional MNIST).
 """
@@ -29,6 +35,7 @@ from . import persistence
 from .devices import full_float32
 from .distributions import LatentDistribution, StandardNormal, fit_sampler
 from .nets.normalization import use_composite_batchnorm
+from .scaling import AffineScaler
 
 __all__ = ["InjectiveFlow", "DATA_KINDS"]
 #: What the data are; decides the pictures and the sample-quality metric (FID for images, W2 otherwise).
@@ -107,6 +114,10 @@ class InjectiveFlow(nn.Module):
         self.num_classes = None if num_classes is None else int(num_classes)
         #: Whether the nets are the plain ones the method's :meth:`~injflow.methods.Method.finalize` exported.
         self.finalized = False
+        #: User units → model units (:mod:`injflow.scaling`); the identity until :meth:`set_scaler`.
+        self.scaler: AffineScaler | None = None
+        #: The training data's column names (the header of the samples a ``.csv`` gets), if known.
+        self.columns: list[str] | None = None
         if self.num_classes is not None and self.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 for a conditional model, got {num_classes}")
         self.describe_data(data_shape, data_kind=data_kind, image_shape=image_shape)
@@ -133,7 +144,62 @@ class InjectiveFlow(nn.Module):
             if data_kind != "image":
                 raise ValueError(f"image_shape is given but data_kind is {data_kind!r}, not 'image'")
         self.data_shape, self.data_kind, self.image_shape = data_shape, data_kind, image_shape
+        if self.scaler is None or tuple(self.scaler.shift.shape) != data_shape:
+            self.scaler = AffineScaler.identity(data_shape).to(self.device)
         return self
+
+    def set_scaler(self, scaler: AffineScaler, *, columns: list[str] | None = None) -> InjectiveFlow:
+        """Sets the map from the user's units to the model's (fitted on the training split; :mod:`injflow.scaling`)
+        and the data's column names; the nets are unchanged."""
+        if self.data_shape is not None and tuple(scaler.shift.shape) != tuple(self.data_shape):
+            raise ValueError(f"a scaler for samples of shape {tuple(scaler.shift.shape)} does not fit data of shape "
+                             f"{self.data_shape}")
+        self.scaler = scaler.to(self.device)
+        if columns is not None:
+            self.columns = list(columns)
+        return self
+
+    def restore_scaling(self, info: dict[str, Any]) -> InjectiveFlow:
+        """Takes the scaling method and the column names from a saved :meth:`describe` (the scaler's numbers come
+        with the weights)."""
+        spec = info.get("scaling") or {}
+        if self.scaler is not None and spec:
+            self.scaler.method = spec.get("method", self.scaler.method)
+            self.scaler.value_range = spec.get("value_range")
+        self.columns = info.get("columns") or self.columns
+        return self
+
+    @property
+    def scaled(self) -> bool:
+        """Whether the model's units differ from the user's (a scaler that is not the identity)."""
+        return self.scaler is not None and not self.scaler.is_identity
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """The range of image values in the user's units (what pictures span): the declared ``data.value_range`` of
+        ``range`` scaling, else the model's image range [0, 1]."""
+        if self.scaler is not None and self.scaler.method == "range" and self.scaler.value_range:
+            low, high = self.scaler.value_range
+            return float(low), float(high)
+        return 0.0, 1.0
+
+    def to_model_units(self, x: Tensor) -> Tensor:
+        """:math:`s(x)`: user units → the units the nets see (``x`` unchanged without a scaler)."""
+        return x if self.scaler is None else self.scaler(x)
+
+    def to_user_units(self, x: Tensor) -> Tensor:
+        """:math:`s^{-1}(x)`: the nets' units → the user's."""
+        return x if self.scaler is None else self.scaler.inverse(x)
+
+    def in_model_units(self) -> InjectiveFlow:
+        """The same model (shared nets, latent and samplers) without its scaler: every map in the model's units (e.g.
+        images in [0, 1] for FID)."""
+        if not self.scaled:
+            return self
+        twin = type(self)(self.encoder, self.decoder, self.latent, data_shape=self.data_shape, config=self.config,
+                          data_kind=self.data_kind, image_shape=self.image_shape, num_classes=self.num_classes)
+        twin.samplers, twin.finalized, twin.columns = self.samplers, self.finalized, self.columns
+        return twin
 
     # ------------------------------------------------------------------ construction
 
@@ -201,30 +267,38 @@ class InjectiveFlow(nn.Module):
                              f"this model was made for samples of shape {self.data_shape}")
 
     def encode(self, x: Tensor, c: Tensor | int | None = None) -> Tensor:
-        """:math:`z = f(x)` (or :math:`f(x, c)`), shape ``(B, d)``."""
+        """:math:`z = f(s(x))` (or :math:`f(s(x), c)`) of ``x`` in the user's units, shape ``(B, d)``."""
         self._check_input(x)
         c = self._labels(c, x.shape[0], x.device)
+        x = self.to_model_units(x)
         return self.encoder(x) if c is None else self.encoder(x, c)
 
     def decode(self, z: Tensor, c: Tensor | int | None = None) -> Tensor:
-        r""":math:`\hat x = g(z)` (or :math:`g(z, c)`), shape ``(B, *data_shape)``."""
+        r""":math:`\hat x = s^{-1}(g(z))` (or with :math:`g(z, c)`) in the user's units, shape ``(B, *data_shape)``."""
         c = self._labels(c, z.shape[0], z.device)
-        return self.decoder(z) if c is None else self.decoder(z, c)
+        return self.to_user_units(self.decoder(z) if c is None else self.decoder(z, c))
 
     def forward(self, x: Tensor, c: Tensor | int | None = None) -> Tensor:
         """The projection onto the learned manifold, :math:`g(f(x))`."""
         return self.decode(self.encode(x, c), c)
+
+    def reconstruct(self, x: Tensor, c: Tensor | int | None = None) -> Tensor:
+        """The projection :math:`s^{-1}(g(f(s(x))))` of ``x`` onto the learned manifold, in the user's units (the
+        same as calling the model)."""
+        return self(x, c)
 
     def with_label(self, k: int) -> Any:
         """A view with ``encode(x)``, ``decode(z)`` for one class ``k``, whatever the batch size (exact Jacobians)."""
         return _Label(self, int(k))
 
     def given(self, c: Tensor | None) -> Any:
-        """A view with ``encode(x)``, ``decode(z)`` and ``latent`` for one batch of labels (or the model itself).
+        """A view with ``encode(x)``, ``decode(z)`` and ``latent`` in the model's units, for one batch of labels (or
+        none: the model itself when it has no scaler).
 
-        Methods and estimators take plain maps; a conditional model is trained through this view of each batch.
+        Methods and estimators take plain maps; the engine trains through this view on data in the model's units
+        (scaled once, before training), a conditional model with each batch's labels.
         """
-        return self if c is None else _Given(self, c)
+        return self if c is None and not self.scaled else _Given(self, c)
 
     @property
     def device(self) -> torch.device:
@@ -353,6 +427,16 @@ class InjectiveFlow(nn.Module):
         error :math:`\|\hat x - x\|^2`, which ``return_reconstruction=True`` also returns. Costs d decoder JVPs
         per sample (the full decoder Jacobian), so it is meant for small d.
 
+        A free-form flow (d = D, method ``fff``) is a normalizing flow :math:`f`, and this is instead the exact
+        density of x itself by the change of variables on the *encoder* side,
+
+        .. math:: \log p(x) = \log p_Z(f(x)) + \log|\det f'(x)|
+
+        (:func:`~injflow.estimators.log_abs_det_jacobian`: one slogdet of the D × D Jacobian, D backward passes):
+        the encoder is the flow whose density the FFF loss trains, and it is defined at every x, whereas the
+        decoder's :math:`-\log|\det g'(f(x))|` equals it only where g inverts f. The reconstruction error still
+        tells how far g is from :math:`f^{-1}` (and so how far samples :math:`g(z)` follow this density).
+
         Arguments:
             x: Data ``(B, *data_shape)``.
             return_reconstruction: Also return the per-sample squared reconstruction error.
@@ -364,11 +448,12 @@ class InjectiveFlow(nn.Module):
             ``log_prob`` of shape ``(B,)`` (and ``reconstruction`` of shape ``(B,)``), detached, on the model's
             device.
         """
-        from .estimators import decoder_log_volume
+        from .estimators import decoder_log_volume, log_abs_det_jacobian
 
         self._check_input(x)
         device = self.device
         labels = self._labels(c, x.shape[0])
+        square = self.latent_dim == math.prod(x.shape[1:])  # a free-form flow: the density of x, encoder side
 
         def one(xb: Tensor, view: Any) -> tuple[Tensor, Tensor]:
             xb = xb.to(device)
@@ -376,7 +461,10 @@ class InjectiveFlow(nn.Module):
                 z = view.encode(xb)
                 x_hat = view.decode(z)
             with torch.enable_grad(), full_float32():
-                log_vol = decoder_log_volume(view.decode, z.detach(), chunk_size=chunk_size)
+                if square:
+                    log_vol = -log_abs_det_jacobian(view.encode, xb, chunk_size=chunk_size)
+                else:
+                    log_vol = decoder_log_volume(view.decode, z.detach(), chunk_size=chunk_size)
             lp = self.latent.log_prob(z) - log_vol.detach().to(z.dtype)
             return lp.detach(), (x_hat - xb).flatten(1).pow(2).sum(1)
 
@@ -409,6 +497,8 @@ class InjectiveFlow(nn.Module):
             "image_shape": None if self.image_shape is None else list(self.image_shape),
             "num_classes": self.num_classes,
             "finalized": self.finalized,
+            "scaling": None if self.scaler is None else self.scaler.spec(),
+            "columns": self.columns,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -452,6 +542,26 @@ class InjectiveFlow(nn.Module):
         """
         return persistence.load_checkpoint_model(cls, path, encoder=encoder, decoder=decoder, map_location=map_location)
 
+    def save_pretrained(self, directory: str | Path, **options: Any) -> Path:
+        """Writes a Hugging Face model folder (``config.json``, ``model.safetensors``, ``README.md``; no pickle):
+        :func:`injflow.hub.save_pretrained` (needs ``injflow[hub]``)."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, directory, **options)
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, **options: Any) -> InjectiveFlow:
+        """Loads a folder written by :meth:`save_pretrained` (or a Hub repo id): :func:`injflow.hub.from_pretrained`."""
+        from .hub import from_pretrained
+
+        return from_pretrained(source, flow_class=cls, **options)
+
+    def push_to_hub(self, repo_id: str, **options: Any) -> str:
+        """Uploads the model folder to the Hugging Face Hub: :func:`injflow.hub.push_to_hub` (network and token)."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **options)
+
     def extra_repr(self) -> str:
         shape = "?" if self.data_shape is None else "x".join(map(str, self.data_shape))
         extra = f", num_classes={self.num_classes}" if self.conditional else ""
@@ -468,21 +578,22 @@ class _Label:
     def _c(self, t: Tensor) -> Tensor:
         return torch.full((t.shape[0],), self.k, dtype=torch.long, device=t.device)
 
-    def encode(self, x: Tensor) -> Tensor:
-        return self.flow.encoder(x, self._c(x))
+    def encode(self, x: Tensor) -> Tensor:  # user units, like the model's own maps
+        return self.flow.encoder(self.flow.to_model_units(x), self._c(x))
 
     def decode(self, z: Tensor) -> Tensor:
-        return self.flow.decoder(z, self._c(z))
+        return self.flow.to_user_units(self.flow.decoder(z, self._c(z)))
 
 
 class _Given:
-    """A conditional model with its labels fixed for one batch: what methods and estimators see.
+    """The nets in the model's units, with a conditional model's labels fixed for one batch: what methods and
+    estimators see (``c`` is ``None`` for an unconditional model with a scaler).
 
     Estimators that form bigger batches (a chunk of Jacobian directions, K Hutchinson vectors) stack copies of the
     whole batch, so a batch of m·B rows gets the labels repeated m times.
     """
 
-    def __init__(self, flow: InjectiveFlow, c: Tensor) -> None:
+    def __init__(self, flow: InjectiveFlow, c: Tensor | None) -> None:
         self.flow, self.c = flow, c
         self.latent = flow.latent
 
@@ -495,10 +606,10 @@ class _Given:
         return self.c.repeat(n // b)
 
     def encode(self, x: Tensor) -> Tensor:
-        return self.flow.encoder(x, self._c(x))
+        return self.flow.encoder(x) if self.c is None else self.flow.encoder(x, self._c(x))
 
     def decode(self, z: Tensor) -> Tensor:
-        return self.flow.decoder(z, self._c(z))
+        return self.flow.decoder(z) if self.c is None else self.flow.decoder(z, self._c(z))
 
     def __getattr__(self, name: str) -> Any:  # anything else (nets, samplers, latent_dim...) from the model
         return getattr(self.flow, name)

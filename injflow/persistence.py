@@ -18,6 +18,7 @@ A model built from a config gets its nets rebuilt from that config; a model of y
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,16 +63,19 @@ def build_flow(
         data_shape, data_kind, image_shape = splits.data_shape, splits.kind, splits.image_shape
         num_classes = splits.num_classes if config.model.conditional else None
     m = config.model
+    # d = D only passes the config's dimension check for a free-form flow (method fff), so it means one here.
+    square = {"full_dimensional": True} if m.latent_dim == math.prod(data_shape) else {}
     if m.conditional:
         if num_classes is None:
             raise ValueError("model.conditional is true, so the number of classes is needed (the data set's labels)")
         encoder, decoder = build_conditional_autoencoder(
-            m.architecture, data_shape=tuple(data_shape), latent_dim=m.latent_dim, num_classes=num_classes, **m.options
+            m.architecture, data_shape=tuple(data_shape), latent_dim=m.latent_dim, num_classes=num_classes, **square,
+            **m.options
         )
     else:
         num_classes = None
         encoder, decoder = build_autoencoder(m.architecture, data_shape=tuple(data_shape), latent_dim=m.latent_dim,
-                                             **m.options)
+                                             **square, **m.options)
     latent = build_latent(m.latent.name, m.latent_dim, **m.latent.options)
     flow = cls(encoder, decoder, latent, data_shape=tuple(data_shape), config=config_to_dict(config),
                data_kind=data_kind, image_shape=image_shape, num_classes=num_classes)
@@ -82,7 +86,8 @@ def build_flow(
 
 def save_model(flow: InjectiveFlow, path: str | Path) -> Path:
     """Writes ``model.pt``: weights, latent, post-fit samplers and the description, atomically."""
-    nets = {k: v for k, v in flow.state_dict().items() if k.startswith(("encoder.", "decoder."))}
+    # the scaler's buffers (user units -> model units, injflow.scaling) travel with the nets
+    nets = {k: v for k, v in flow.state_dict().items() if k.startswith(("encoder.", "decoder.", "scaler."))}
     blob = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -184,7 +189,7 @@ def load_model(cls: type[InjectiveFlow], path: str | Path, *, encoder: nn.Module
     info = dict(blob)
     info["custom_nets"] = not blob.get("config")
     flow = _rebuild(cls, info, path, encoder, decoder, latent)
-    load_nets(flow, blob["nets"], source=path)
+    load_nets(flow, blob["nets"], source=path).restore_scaling(blob)
     for name, sampler in samplers.items():
         flow.samplers[name] = sampler
     device = _device(map_location)
@@ -202,5 +207,6 @@ def load_checkpoint_model(cls: type[InjectiveFlow], path: str | Path, *, encoder
     if not isinstance(info, dict) or info.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an injflow training checkpoint (it does not describe its model)")
     flow = load_nets(_rebuild(cls, info, path, encoder, decoder), blob["state_dict"], source=path, prefix="flow.")
+    flow.restore_scaling(info)
     device = _device(map_location)
     return flow.to(device) if device is not None else flow

@@ -48,14 +48,20 @@ def _plt() -> ModuleType:
 
 
 def _save(fig: Figure, out: str | Path, *, dpi: int = 100, tight: bool = True) -> Path:
-    """Lays out, writes (creating the folder, without a creation date) and closes a figure."""
+    """Lays out, writes atomically (creating the folder, without a creation date) and closes a figure."""
+    import io
+
+    from .io import atomic_write_bytes
+
     if tight:
         fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi, metadata={"Software": None})
-    _plt().close(fig)
-    return out
+    buffer = io.BytesIO()  # rendered first, written atomically: a failed or killed write never leaves half a picture
+    try:
+        fig.savefig(buffer, format=out.suffix[1:].lower() or "png", dpi=dpi, metadata={"Software": None})
+    finally:
+        _plt().close(fig)
+    return atomic_write_bytes(out, buffer.getvalue())
 
 
 # --------------------------------------------------------------------------- loss curves
@@ -267,12 +273,14 @@ def plot_sample_scatter(
 
 
 def plot_samples(samples: Tensor, out: str | Path, *, data_kind: str, title: str,
-                 image_shape: Sequence[int] | None = None, reference: Tensor | None = None) -> Path:
-    """A picture of samples that fits the data: an image grid for images, a 2-D/3-D scatter for such points, else
-    the samples over ``reference`` in its two leading principal components (or a histogram for D = 1)."""
+                 image_shape: Sequence[int] | None = None, reference: Tensor | None = None,
+                 data_range: tuple[float, float] = (0.0, 1.0)) -> Path:
+    """A picture of samples that fits the data: an image grid for images (values in ``data_range``), a 2-D/3-D scatter
+    for such points, else the samples over ``reference`` in its two leading principal components (or a histogram for
+    D = 1)."""
     x = samples.detach().float().cpu()
     if data_kind == "image":
-        return plot_image_grid(x[:64], out, title=title, image_shape=image_shape)
+        return plot_image_grid(x[:64], out, title=title, image_shape=image_shape, data_range=data_range)
     flat = x.flatten(1)
     if flat.shape[1] in (2, 3) and reference is None:
         plt = _plt()
@@ -384,11 +392,13 @@ def draw_run_pictures(flow: Any, data: Any, run: Any, *, seed: int | None = None
             flow.train(was)
         pairs = torch.stack([x, rec], 1).reshape(-1, *shape)
         image_shape = data.image_shape
+        value_range = getattr(flow, "value_range", (0.0, 1.0))  # images in the user's units (data.value_range)
         written.append(plot_image_grid(pairs, run.plots / "reconstructions.png", image_shape=image_shape,
-                                       title="test data | reconstruction (pairs)"))
+                                       title="test data | reconstruction (pairs)", data_range=value_range))
         labels = None if not flow.conditional else torch.arange(64) % flow.num_classes
         for name in ["prior", *flow.samplers.keys()]:
             s = flow.sample(64, sampler=name, seed=seed, c=labels).cpu()
             title = f"samples: {name}" + (" (classes 0, 1, 2, ... in reading order)" if labels is not None else "")
-            written.append(plot_image_grid(s, run.plots / f"samples_{name}.png", image_shape=image_shape, title=title))
+            written.append(plot_image_grid(s, run.plots / f"samples_{name}.png", image_shape=image_shape, title=title,
+                                           data_range=value_range))
     return written

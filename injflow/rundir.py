@@ -5,6 +5,7 @@ Layout (every path other code uses comes from a :class:`RunDir` attribute, never
     RUN/config.yaml              the resolved, validated config
     RUN/status.json              running | completed | interrupted | failed, with the step, the reason and the process
     RUN/.lock                    held (flock) by the process writing the folder; names that process
+    RUN/.lock.held               the lock instead, on file systems without flock (O_EXCL; RunLock)
     RUN/checkpoints/last.ckpt    latest resumable state (written atomically, never from non-finite weights)
     RUN/checkpoints/best.ckpt    best by ``train.monitor``
     RUN/metrics.csv              every logged term, train and validation (continued exactly on resume)
@@ -12,6 +13,8 @@ Layout (every path other code uses comes from a :class:`RunDir` attribute, never
     RUN/plots/                   end-of-run pictures
     RUN/model.pt                 the trained model with its post-fit samplers (written last: a run is finished with it)
     RUN/samples/, RUN/eval/, RUN/metrics.json, RUN/report.*     from ``injflow sample | evaluate | report``
+    RUN/trackers.json            the MLflow / W&B runs tracking this run (``train.loggers``; :mod:`injflow.tracking`)
+    RUN/wandb/                   W&B's run files (``train.loggers`` with ``wandb``)
 
 Example:
     >>> import tempfile
@@ -47,16 +50,29 @@ STATES = ("running", "completed", "interrupted", "failed")
 
 
 class RunLock:
-    """An exclusive ``flock`` on ``RUN/.lock`` for as long as it is held; the file names the holder.
+    """An exclusive lock on a run folder for as long as it is held; the lock file names the holder.
 
-    The kernel drops the lock when its process dies (even on ``kill -9``), so a lock is never stale.
+    Normally an ``flock`` on ``RUN/.lock``: the kernel drops it when its process dies (even on ``kill -9``), so it is
+    never stale. On a file system without ``flock`` (some network and cluster mounts refuse it with ``ENOLCK`` or
+    ``EOPNOTSUPP``) the lock is instead the file ``RUN/.lock.held``, created with ``O_EXCL`` (only one process can
+    create it) and naming the host and pid of its holder. Such a file outlives a killed holder; it is taken over only
+    when it is provably stale — written on this host by a process that no longer exists. A holder on another host, or
+    a file that cannot be read, keeps the folder locked (the message says which file to delete once nothing uses the
+    folder). An ``flock`` holder also respects a live ``.lock.held`` (two machines may disagree about ``flock``).
+
+    Arguments:
+        path: The lock file (``RUN/.lock``).
+        purpose: What the holder does (``fit``, ``sweep``...), named in messages.
     """
 
     def __init__(self, path: Path, purpose: str) -> None:
-        self.path, self.purpose = path, purpose
+        self.path, self.purpose = Path(path), purpose
+        self.held_file = self.path.with_name(self.path.name + ".held")
         self._fd: int | None = None
+        self._holds_file = False
 
     def acquire(self) -> RunLock:
+        """Takes the lock; :class:`~injflow.errors.RunLockedError` if another process holds it."""
         import fcntl
 
         writable_folder(self.path.parent)
@@ -69,40 +85,109 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RunLockedError(
-                f"{self.path.parent} is in use by {self._holder()}; wait for it to finish, or use another run folder "
-                f"(run.dir=...)"
-            ) from None
-        except OSError:  # a file system without flock (some network mounts): no lock rather than no run
+            raise self._locked(self._holder(self.path)) from None
+        except OSError:  # a file system without flock: the O_EXCL lock file instead (never "no lock")
             os.close(fd)
-            return self
+            return self._acquire_held_file()
+        holder = self._read(self.held_file)
+        if holder is not None and not self._stale(holder):  # held through the O_EXCL file from a flock-less mount
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise self._locked(self._describe(holder))
         self._fd = fd
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now(), "purpose": self.purpose,
-                  "command": " ".join(sys.argv)[:300]}
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        os.pwrite(fd, json.dumps(self._me()).encode(), 0)
         return self
 
-    def _holder(self) -> str:
+    def _me(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "host": socket.gethostname(), "since": _now(), "purpose": self.purpose,
+                "command": " ".join(sys.argv)[:300]}
+
+    def _acquire_held_file(self) -> RunLock:
+        for _ in range(3):
+            try:
+                fd = os.open(self.held_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = self._read(self.held_file)
+                if holder is None or not self._stale(holder):
+                    raise self._locked(self._describe(holder)) from None
+                self._remove_stale(holder)
+                continue
+            try:
+                os.write(fd, json.dumps(self._me()).encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._holds_file = True
+            return self
+        raise self._locked(self._describe(self._read(self.held_file)))
+
+    def _remove_stale(self, holder: dict[str, Any]) -> None:
+        """Moves a stale lock file aside (an atomic rename) and deletes it if it is still the stale one; a file that
+        another process wrote in between is put back."""
+        aside = self.held_file.with_name(f"{self.held_file.name}.stale-{os.getpid()}")
         try:
-            info = json.loads(self.path.read_text() or "{}")
+            os.rename(self.held_file, aside)
+        except FileNotFoundError:
+            return
+        if self._read(aside) == holder:
+            aside.unlink(missing_ok=True)
+            return
+        try:  # not the file we judged stale: a live holder's, put it back
+            os.link(aside, self.held_file)
+        except OSError:
+            pass
+        aside.unlink(missing_ok=True)
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, Any] | None:
+        """The holder a lock file names; ``None`` if it does not exist; ``{}`` if it cannot be read."""
+        try:
+            info = json.loads(path.read_text() or "{}")
+        except FileNotFoundError:
+            return None
         except (OSError, ValueError):
-            info = {}
+            return {}
+        return info if isinstance(info, dict) else {}
+
+    @staticmethod
+    def _stale(holder: dict[str, Any]) -> bool:
+        """Provably stale: written on this host by a process that no longer exists."""
+        from .io import pid_alive
+
+        pid = holder.get("pid")
+        return holder.get("host") == socket.gethostname() and isinstance(pid, int) and not pid_alive(pid)
+
+    def _holder(self, path: Path) -> str:
+        return self._describe(self._read(path))
+
+    def _describe(self, info: dict[str, Any] | None) -> str:
         if not info:
-            return "another process"
+            return (f"another process (its lock file {self.held_file} cannot be read; delete it if nothing uses the "
+                    f"folder)") if info == {} and self.held_file.exists() else "another process"
         return (f"process {info.get('pid')} on {info.get('host')} ({info.get('purpose')}, since {info.get('since')}: "
                 f"{info.get('command', '')!s})")
 
+    def _locked(self, holder: str) -> RunLockedError:
+        return RunLockedError(f"{self.path.parent} is in use by {holder}; wait for it to finish, or use another run "
+                              f"folder (run.dir=...)")
+
     def release(self) -> None:
+        """Gives the lock back (a no-op when not held)."""
         if self._fd is not None:
             import fcntl
 
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+        if self._holds_file:
+            holder = self._read(self.held_file) or {}
+            if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+                self.held_file.unlink(missing_ok=True)
+            self._holds_file = False
 
     def __enter__(self) -> RunLock:
-        return self.acquire() if self._fd is None else self
+        return self.acquire() if self._fd is None and not self._holds_file else self
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
@@ -141,6 +226,7 @@ class RunDir:
         self.samples = self.path / "samples"
         self.eval = self.path / "eval"
         self.metrics_json = self.path / "metrics.json"
+        self.trackers = self.path / "trackers.json"
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"

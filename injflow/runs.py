@@ -22,6 +22,7 @@ from .loading import ensure_samplers, load_run, load_run_data
 from .model import InjectiveFlow
 from .rundir import RunDir
 from .threads import limit_threads
+from .tracking import log_evaluation
 
 __all__ = ["load_run", "sample_run", "evaluate_run", "method_terms", "report_runs"]
 
@@ -38,7 +39,8 @@ def sample_run(
     checkpoint: str | None = None,
     device: str = "cpu",
 ) -> Path:
-    """Writes ``n`` samples of a run to ``<run>/samples/<sampler>_T<temperature>[_class<c>].pt`` and a picture.
+    """Writes ``n`` samples of a run to ``out`` (``.npy``, ``.csv``, ``.pt`` or ``.png``, as its suffix says; default
+    ``<run>/samples/<sampler>_T<temperature>[_class<c>].pt``) and a picture beside it.
 
     Arguments:
         run: The run folder.
@@ -46,16 +48,19 @@ def sample_run(
         sampler: ``prior``, ``gaussian`` or ``gmm`` (a post-fit sampler the run lacks is fitted as ``fit`` would).
         temperature: Scales the latent spread.
         seed: Sampling seed.
-        out: The ``.pt`` file (default in ``<run>/samples/``).
+        out: The file (default in ``<run>/samples/``): ``.npy``, ``.csv`` (with the training columns' header), ``.pt``
+            or ``.png`` (the picture only); anything else is refused before sampling.
         label: The class of a conditional model (``None``: one class after the other).
         checkpoint: ``"last"``/``"best"`` to sample an unfinished run's checkpoint.
         device: Where to decode.
     """
-    from .io import atomic_torch_save
+    from .outputs import check_sample_path, write_samples
     from .plots import plot_samples
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"the number of samples must be an integer >= 1, got {n!r} (--n)")
+    if out is not None:
+        check_sample_path(out)
     folder, config, flow = load_run(run, checkpoint=checkpoint, device=device, samplers=False)
     if sampler != "prior" and sampler not in flow.samplers:
         ensure_samplers(flow, load_run_data(config), config, names=[sampler])
@@ -68,10 +73,11 @@ def sample_run(
     x = flow.sample(n, sampler=sampler, temperature=temperature, seed=seed, c=c).cpu()
     suffix = "" if label is None else f"_class{label}"
     out = Path(out) if out else folder.samples / f"{sampler}_T{temperature:g}{suffix}.pt"
-    atomic_torch_save(x, out)
     title = f"{n} samples: {sampler}, T={temperature:g}" + ("" if label is None else f", class {label}")
-    picture = plot_samples(x, out.with_suffix(".png"), data_kind=flow.data_kind or "tabular", title=title,
-                           image_shape=flow.image_shape)
+    drawing = dict(data_kind=flow.data_kind or "tabular", title=title, image_shape=flow.image_shape,
+                   data_range=flow.value_range)
+    write_samples(x, out, columns=getattr(flow, "columns", None), **drawing)
+    picture = out if out.suffix.lower() == ".png" else plot_samples(x, out.with_suffix(".png"), **drawing)
     print(f"[injflow] {n} samples ({sampler}, T={temperature:g}{'' if label is None else f', class {label}'}) -> {out}"
           f"\n[injflow] picture -> {picture}")
     return out
@@ -92,7 +98,7 @@ def method_terms(config: Config, flow: InjectiveFlow, x: torch.Tensor, c: torch.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             for i in range(0, x.shape[0], batch_size):
-                batch = x[i: i + batch_size].to(device)
+                batch = flow.to_model_units(x[i: i + batch_size].to(device))  # the method sees what it trained on
                 labels = None if c is None or not flow.conditional else c[i: i + batch_size].to(device)
                 with torch.enable_grad():  # the estimators differentiate through the nets
                     terms = method.loss(batch, clock, flow.given(labels))
@@ -174,15 +180,20 @@ def evaluate_run(
         seed = config.train.seed if seed is None else seed
         eval_options = EvalOptions(seed=seed, cache=ReferenceStatsCache(fid_cache) if fid_cache else None, **options)
         log = print if verbose else None
-        evaluation = evaluate_flow(flow, x, kind=data.kind, out_dir=folder.eval, split=split, dataset=config.data.name,
-                                   c=c if flow.conditional else None, options=eval_options, log=log)
+        # Tables are scored in the user's units (the scaler inverted); images in the model's [0, 1] range, which FID
+        # and the pictures assume (data.value_range maps the user's range onto it).
+        in_model_units = flow.scaled and data.kind == "image"
+        scored, scored_x = (flow.in_model_units(), flow.to_model_units(x)) if in_model_units else (flow, x)
+        evaluation = evaluate_flow(scored, scored_x, kind=data.kind, out_dir=folder.eval, split=split,
+                                   dataset=config.data.name, c=c if flow.conditional else None, options=eval_options,
+                                   log=log)
         status = folder.status()
         step = status.get("step")
         source = folder.checkpoint(checkpoint) if checkpoint is not None else folder.last_checkpoint
         if (checkpoint is not None or step is None) and source.is_file():
             step = load_torch(source, what="checkpoint").get("global_step", 0)
         step = int(step or 0)
-        metrics: dict[str, Any] = {"run": str(folder.path), **evaluation.metrics}
+        metrics: dict[str, Any] = {"run": str(folder.path), **evaluation.metrics, "units": _units(flow, in_model_units)}
         if checkpoint is not None:
             metrics["checkpoint"] = {"which": checkpoint, "step": step, "state": status["state"]}
         unavailable = _finalized_away(config, flow)
@@ -192,12 +203,24 @@ def evaluate_run(
             metrics["method_terms"] = method_terms(config, flow, x, c, step=step, seed=seed,
                                                    batch_size=eval_options.batch_size)
     folder.write_json(folder.metrics_json, metrics)
+    log_evaluation(folder, metrics, split=split, step=step, verbose=verbose)  # the run's MLflow / W&B runs, if tracked
     if verbose:
         print(json.dumps({k: v for k, v in metrics.items() if k not in ("latent", "spectrum", "figures")}, indent=2))
         print("[injflow] timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in evaluation.timings.items()))
         print(f"[injflow] metrics -> {folder.metrics_json}")
         print(f"[injflow] figures -> {folder.eval}  (report: injflow report {folder.path})")
     return metrics
+
+
+def _units(flow: InjectiveFlow, in_model_units: bool) -> str:
+    """What the metrics' numbers are measured in (reconstruction errors, W2, the NLL's density)."""
+    if not flow.scaled:
+        return "the data's own units (no scaling)"
+    if in_model_units:
+        low, high = flow.value_range
+        return f"the model's image range [0, 1] (the data's [{low:g}, {high:g}] mapped onto it by data.standardize=range)"
+    return (f"the data's own units (data.standardize={flow.scaler.method} is inverted; the NLL is the density in these "
+            f"units, with the change of variables of the scaling)")
 
 
 def report_runs(runs: list[str | Path], *, out: str | Path | None = None, title: str | None = None) -> tuple[Path, Path]:

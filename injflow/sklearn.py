@@ -26,41 +26,50 @@ Example:
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils.validation import check_is_fitted
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 __all__ = ["InjectiveFlowEstimator"]
 
 
-class InjectiveFlowEstimator(TransformerMixin, BaseEstimator):
+class InjectiveFlowEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     r"""An injective flow as a scikit-learn transformer and density estimator.
+
+    Float64 input gives float64 output (the nets compute in float32); ``get_feature_names_out`` names the latent
+    coordinates ``injectiveflowestimator0``, ... (as PCA's are ``pca0``, ...), so ``set_output(transform="pandas")``
+    works; a ``DataFrame``'s column names are remembered in ``feature_names_in_``.
 
     Arguments:
         latent_dim: d, the dimension of the learned manifold (< the number of features).
         method: A registered method name (``fif``, ``injflow_ln``, ``ae``, ...).
-        beta: The reconstruction weight (methods that have one).
+        beta: The reconstruction weight (``None``: the method's default; refused for methods without one).
         architecture: A registered architecture (``mlp``, ``tabular``, ``toy_resnet``...).
-        hidden_features: Widths of the ``mlp`` architecture's hidden layers.
+        hidden_features: Hidden widths, for architectures that have them (``None``: the architecture's default;
+            refused for those that do not).
         max_epochs: Training epochs.
         batch_size: Batch size.
         lr: Adam's learning rate.
+        standardize: Scaling kept in the model (:mod:`injflow.scaling`): ``none`` (default, as scikit-learn's own
+            estimators: put a ``StandardScaler`` in front), ``features`` or ``global``; the maps and scores stay in
+            the input's units either way.
         sampler: What :meth:`sample` draws from: ``prior``, ``gaussian`` or ``gmm`` (post-fit, fitted in ``fit``).
         seed: Seed of initialisation, batches and noise.
-        run_dir: Keep the run folder here (default: a temporary folder, removed when the estimator is deleted).
+        run_dir: Keep the run folder here (default: none is kept: training runs in a temporary folder, removed when
+            ``fit`` returns, also after an error).
         overrides: Further dotted config overrides (``["train.input_noise=0.01"]``).
         verbose: Progress bar and messages.
 
     Attributes:
         flow_: The trained :class:`~injflow.model.InjectiveFlow`.
         n_features_in_: The number of features seen in ``fit``.
-        run_dir_: Where the run was written.
+        feature_names_in_: The column names of a ``DataFrame`` seen in ``fit``.
+        run_dir_: Where the run was kept (``None`` without ``run_dir``).
     """
 
     def __init__(
@@ -68,12 +77,13 @@ class InjectiveFlowEstimator(TransformerMixin, BaseEstimator):
         latent_dim: int = 2,
         *,
         method: str = "fif",
-        beta: float | None = 10.0,
+        beta: float | None = None,
         architecture: str = "mlp",
-        hidden_features: tuple[int, ...] = (256, 256),
+        hidden_features: tuple[int, ...] | None = None,
         max_epochs: int = 50,
         batch_size: int = 256,
         lr: float = 1e-3,
+        standardize: str = "none",
         sampler: str = "prior",
         seed: int = 0,
         run_dir: str | None = None,
@@ -88,27 +98,43 @@ class InjectiveFlowEstimator(TransformerMixin, BaseEstimator):
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.lr = lr
+        self.standardize = standardize
         self.sampler = sampler
         self.seed = seed
         self.run_dir = run_dir
         self.overrides = overrides
         self.verbose = verbose
 
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        tags.non_deterministic = False  # seeded: the same data and seed give the same model
+        return tags
+
     # ------------------------------------------------------------------ fitting
 
     def _config(self) -> Any:
         from .config import apply_overrides, config_from_dict
         from .methods import METHODS
+        from .nets.registry import architecture_options
 
         method: dict[str, Any] = {"name": self.method}
-        if self.beta is not None and "beta" in METHODS.options(self.method):
+        if self.beta is not None:
+            if "beta" not in METHODS.options(self.method):
+                raise ValueError(f"beta={self.beta!r} does not apply: method {self.method!r} has no reconstruction weight")
             method["beta"] = float(self.beta)
-        options = {"hidden_features": list(self.hidden_features)} if self.architecture == "mlp" else {}
+        options: dict[str, Any] = {}
+        if self.hidden_features is not None:
+            if "hidden_features" not in architecture_options(self.architecture):
+                raise ValueError(f"hidden_features={self.hidden_features!r} does not apply: architecture "
+                                 f"{self.architecture!r} has no hidden_features option")
+            hidden = self.hidden_features
+            options["hidden_features"] = list(hidden) if isinstance(hidden, (tuple, list)) else hidden
         data = {
             "model": {"architecture": self.architecture, "latent_dim": int(self.latent_dim), "options": options},
             "method": method,
             "optim": {"lr": float(self.lr)},
-            "data": {"batch_size": int(self.batch_size)},
+            "data": {"batch_size": int(self.batch_size), "standardize": self.standardize},
             "train": {"max_epochs": int(self.max_epochs), "seed": int(self.seed), "progress_bar": bool(self.verbose),
                       "pictures": False, "samplers": [] if self.sampler == "prior" else [self.sampler],
                       "gmm_components": 10},
@@ -117,67 +143,77 @@ class InjectiveFlowEstimator(TransformerMixin, BaseEstimator):
         return config_from_dict(apply_overrides(data, list(self.overrides)))
 
     def fit(self, X: Any, y: Any = None) -> InjectiveFlowEstimator:
-        """Trains on the rows of ``X`` (``y`` is ignored); returns ``self``."""
+        """Trains on the rows of ``X`` (at least 2; ``y`` is ignored); returns ``self``."""
         from .data import DataSplits
         from .train.runner import fit_config
 
-        x = self._as_tensor(X, reset=True)
+        x, _ = self._as_tensor(X, reset=True)
+        if x.shape[1] <= int(self.latent_dim):
+            raise ValueError(f"latent_dim={self.latent_dim} must be smaller than the number of features, but X has "
+                             f"n_features={x.shape[1]}")
         config = self._config()
-        if self.run_dir is None:
-            self._tmp = tempfile.mkdtemp(prefix="injflow-sklearn-")
-            run_dir = Path(self._tmp) / "run"
-        else:
-            run_dir = Path(self.run_dir)
-        result = fit_config(config, run_dir=run_dir, data=DataSplits("array", "tabular", x), verbose=self.verbose)
+        self._n_features_out = int(self.latent_dim)
+        data = DataSplits("tensors", "tabular", x)
+        if self.run_dir is not None:
+            result = fit_config(config, run_dir=Path(self.run_dir), data=data, verbose=self.verbose)
+            self.run_dir_ = Path(self.run_dir)
+        else:  # the model lives in memory; its run folder is not needed afterwards
+            with tempfile.TemporaryDirectory(prefix="injflow-sklearn-") as tmp:
+                result = fit_config(config, run_dir=Path(tmp) / "run", data=data, verbose=self.verbose)
+            self.run_dir_ = None
         self.flow_ = result.flow.eval()
-        self.run_dir_ = run_dir
         return self
-
-    def __del__(self) -> None:
-        tmp = getattr(self, "_tmp", None)
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     # ------------------------------------------------------------------ maps
 
-    def _as_tensor(self, X: Any, *, reset: bool = False) -> torch.Tensor:
-        from sklearn.utils.validation import check_array
+    def _as_tensor(self, X: Any, *, reset: bool = False) -> tuple[torch.Tensor, np.dtype]:
+        """The rows as a float32 tensor (what the nets compute in) and the input's float dtype (what is returned)."""
+        arr = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32], ensure_all_finite=True,
+                            ensure_min_samples=2 if reset else 1)
+        return torch.as_tensor(np.asarray(arr, dtype=np.float32)), arr.dtype
 
-        arr = check_array(X, dtype=[np.float32, np.float64], ensure_all_finite=True)
-        if reset:
-            self.n_features_in_ = arr.shape[1]
-        elif arr.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {arr.shape[1]} features, but this estimator was fitted with {self.n_features_in_}")
-        return torch.as_tensor(arr, dtype=torch.float32)
+    def _out(self, t: torch.Tensor, dtype: Any) -> np.ndarray:
+        return t.detach().cpu().numpy().astype(dtype, copy=False)
 
     def transform(self, X: Any) -> np.ndarray:
-        """The latent codes :math:`f(x)`, shape ``(n, latent_dim)``."""
+        """The latent codes :math:`f(x)`, shape ``(n, latent_dim)``, in the input's float dtype."""
         check_is_fitted(self, "flow_")
-        return self.flow_.encode_all(self._as_tensor(X)).cpu().numpy()
+        x, dtype = self._as_tensor(X)
+        return self._out(self.flow_.encode_all(x), dtype)
 
-    def inverse_transform(self, Z: Any) -> np.ndarray:
-        """The decoded points :math:`g(z)` on the learned manifold, shape ``(n, n_features)``."""
+    def inverse_transform(self, X: Any) -> np.ndarray:
+        """The decoded points :math:`g(z)` on the learned manifold, shape ``(n, n_features)``, in the codes' float
+        dtype."""
         check_is_fitted(self, "flow_")
-        z = torch.as_tensor(np.asarray(Z, dtype=np.float32)).reshape(-1, self.flow_.latent_dim)
+        from sklearn.utils.validation import check_array
+
+        z = check_array(X, dtype=[np.float64, np.float32], ensure_all_finite=True)
+        if z.shape[1] != self.flow_.latent_dim:
+            raise ValueError(f"X has {z.shape[1]} features, but inverse_transform expects latent codes of "
+                             f"latent_dim={self.flow_.latent_dim}")
         with torch.no_grad():
-            return self.flow_.decode(z.to(self.flow_.device)).cpu().numpy()
+            x_hat = self.flow_.decode(torch.as_tensor(np.asarray(z, dtype=np.float32)).to(self.flow_.device))
+        return self._out(x_hat, z.dtype)
 
     def reconstruction_error(self, X: Any) -> np.ndarray:
-        """:math:`\\|g(f(x)) - x\\|^2` per row."""
-        x = self._as_tensor(X)
-        return ((torch.as_tensor(self.inverse_transform(self.transform(X))) - x) ** 2).sum(1).numpy()
+        r""":math:`\|g(f(x)) - x\|^2` per row."""
+        check_is_fitted(self, "flow_")
+        x, dtype = self._as_tensor(X)
+        with torch.no_grad():
+            x_hat = self.flow_.decode(self.flow_.encode_all(x))
+        return self._out(((x_hat.cpu() - x) ** 2).sum(1), dtype)
 
     def score_samples(self, X: Any) -> np.ndarray:
         """The exact on-manifold log-density :math:`\\log p(g(f(x)))` per row (read with :meth:`reconstruction_error`)."""
         check_is_fitted(self, "flow_")
-        return self.flow_.log_prob(self._as_tensor(X)).cpu().double().numpy()
+        return self.flow_.log_prob(self._as_tensor(X)[0]).cpu().double().numpy()
 
     def score(self, X: Any, y: Any = None) -> float:
         """The mean of :meth:`score_samples` (higher is better; for model selection)."""
         return float(self.score_samples(X).mean())
 
     def sample(self, n_samples: int = 1, random_state: int | None = None) -> np.ndarray:
-        """``n_samples`` draws :math:`g(z)` with :math:`z` from ``sampler``, shape ``(n_samples, n_features)``."""
+        """``n_samples`` draws :math:`g(z)` with :math:`z` from ``sampler``, shape ``(n_samples, n_features)`` (float64)."""
         check_is_fitted(self, "flow_")
         seed = self.seed if random_state is None else int(random_state)
-        return self.flow_.sample(int(n_samples), sampler=self.sampler, seed=seed).cpu().numpy()
+        return self.flow_.sample(int(n_samples), sampler=self.sampler, seed=seed).cpu().double().numpy()

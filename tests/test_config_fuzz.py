@@ -21,7 +21,7 @@ from injflow.errors import ConfigError, DataError, InjflowError
 from injflow.train import prepare_run
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = [default_config_path(), *sorted((REPO / "configs").rglob("*.yaml"))]
+SHIPPED = [default_config_path(), *sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name != "sweeps")]
 CHEAP = [default_config_path(), REPO / "configs/small/fif-sinusoid.yaml", REPO / "configs/small/fif-tabular-power.yaml"]
 # A negative number is meaningful only here (-1: "no limit" / "all devices").
 NEGATIVE_OK = {"train.max_steps": -1, "train.devices": -1}

@@ -19,7 +19,7 @@ import torch
 from injflow.config import check_dimensions, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-ALL = sorted(CONFIGS.rglob("*.yaml"))
+ALL = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "sweeps")  # sweeps/: sweep specs (tests/test_sweep.py)
 PAPER = sorted((CONFIGS / "paper").glob("*.yaml"))
 SMALL = sorted((CONFIGS / "small").glob("*.yaml"))
 

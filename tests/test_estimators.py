@@ -452,6 +452,9 @@ def plain_forward_ad(fn, primal, tangent):
     """PyTorch's own forward-mode rules (no injflow fast path)."""
     import torch.autograd.forward_ad as fwAD
 
+    from injflow.estimators import prepare_forward_ad
+
+    prepare_forward_ad()  # torch's own first-use notice, silenced as injflow's jvp does
     with fwAD.dual_level():
         out = fwAD.unpack_dual(fn(fwAD.make_dual(primal, tangent)))
     return out.primal, out.tangent

@@ -58,6 +58,9 @@ def test_forward_mode_tangent_matches_finite_differences():
     t = torch.randn_like(x)
     import torch.autograd.forward_ad as fwAD
 
+    from injflow.estimators import prepare_forward_ad
+
+    prepare_forward_ad()  # torch's own first-use notice, silenced as injflow's jvp does
     with fwAD.dual_level():
         tangent = fwAD.unpack_dual(bn(fwAD.make_dual(x, t))).tangent
     h = 1e-6

@@ -29,6 +29,7 @@ def _pools() -> list[tuple[str, str, int]]:
 def test_limit_threads_bounds_torch_and_every_pool_and_restores_them():
     from threadpoolctl import threadpool_limits
 
+    outside = torch.get_num_threads()
     with threadpool_limits(2):
         torch_before, pools_before = torch.get_num_threads(), _pools()
         with limit_threads(1):
@@ -40,7 +41,7 @@ def test_limit_threads_bounds_torch_and_every_pool_and_restores_them():
     assert all(n == 1 for _, _, n in inside), inside
     assert all(after[path] == n for _, path, n in pools_before)
     with limit_threads(None):  # unset: nothing changes
-        assert torch.get_num_threads() == torch_before
+        assert torch.get_num_threads() == outside
 
 
 @pytest.fixture(scope="module")

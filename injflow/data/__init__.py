@@ -17,7 +17,7 @@ from .splits import DataSplits, iterate_batches, validate_data
 from .toy import principal_angles
 
 # Importing the loader modules registers their data sets; they read no file at import.
-from . import arrays, images, tabular, toy  # noqa: E402,F401  isort: skip
+from . import arrays, folder, images, memory, tabular, toy  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "DATASETS",

@@ -7,8 +7,17 @@ scalars: a data file can never run code.
 
 from __future__ import annotations
 
-__all__ = ["read_idx", "read_array_pickle", "read_cifar_batch", "read_csv_matrix", "read_partition_file"]
+__all__ = [
+    "read_idx",
+    "read_array_pickle",
+    "read_cifar_batch",
+    "read_csv_matrix",
+    "read_csv_table",
+    "read_parquet_table",
+    "read_partition_file",
+]
 
+import csv
 import gzip
 import io
 import pickle
@@ -169,6 +178,93 @@ def read_csv_matrix(path: str | Path) -> tuple[list[str], np.ndarray]:
     width = len(first.split(","))
     values = np.loadtxt(path, delimiter=",", skiprows=1, usecols=range(width), ndmin=2, dtype=np.float64)
     return header, values
+
+
+#: Cells read as missing values (NaN) in a CSV file, as pandas reads them by default.
+_MISSING = {"", "na", "nan", "n/a", "null", "none", "#n/a", "-nan", "<na>"}
+
+
+def _number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return cell.strip().lower() in _MISSING
+    return True
+
+
+def _has_header(rows: list[list[str]]) -> bool:
+    """Whether the first row names the columns: some column holds text there and numbers below it (as
+    ``csv.Sniffer.has_header`` reasons), or the only row is text; an unnamed first cell (pandas' index) counts."""
+    first, rest = rows[0], rows[1:21]
+    if not rest:
+        return not all(_number(c) for c in first)
+    for j, cell in enumerate(first):
+        below = [r[j] for r in rest if j < len(r)]
+        if below and not _number(cell) and all(_number(c) for c in below):
+            return True
+    return False
+
+
+def read_csv_table(path: str | Path, *, header: bool | None = None) -> tuple[list[str] | None, list[np.ndarray]]:
+    r"""Reads a CSV file of numbers and text as columns: ``(names, columns)``.
+
+    Each column is a float64 array when every cell is a number or a missing value (empty, ``NA``, ``nan``... read as
+    NaN), else an array of strings. The header is detected (a column with text in the first row and numbers below it)
+    unless ``header`` says; ``names`` is ``None`` without one. Quoted fields, ``\r\n`` line ends and a UTF-8 byte-order
+    mark are handled; a row of another length is an error naming its line.
+
+    Example:
+        >>> import tempfile, os
+        >>> f = os.path.join(tempfile.mkdtemp(), "t.csv")
+        >>> _ = open(f, "w").write(",a,kind\n0,1.5,x\n1,,y\n")
+        >>> names, cols = read_csv_table(f)
+        >>> names, cols[1].tolist(), cols[2].tolist()
+        (['', 'a', 'kind'], [1.5, nan], ['x', 'y'])
+    """
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = [row for row in csv.reader(f) if row]
+    if not rows:
+        raise ValueError(f"{path} is empty")
+    if header is None:
+        header = _has_header(rows)
+    names = [c.strip() for c in rows[0]] if header else None
+    body = rows[1:] if header else rows
+    if not body:
+        raise ValueError(f"{path} has a header but no rows")
+    width = len(names) if names is not None else len(body[0])
+    for i, row in enumerate(body):
+        if len(row) != width:
+            if len(row) == width + 1 and row[-1] == "":  # a delimiter at the end of each line
+                row.pop()
+                continue
+            raise ValueError(f"line {i + 1 + bool(header)} has {len(row)} fields, expected {width}")
+    columns = []
+    for j in range(width):
+        cells = [row[j].strip() for row in body]
+        if all(_number(c) for c in cells):
+            columns.append(np.array([float(c) if c.lower() not in _MISSING else np.nan for c in cells], dtype=np.float64))
+        else:
+            columns.append(np.array(cells, dtype=str))
+    return names, columns
+
+
+def read_parquet_table(path: str | Path) -> tuple[list[str], list[np.ndarray]]:
+    r"""Reads a Parquet file (pandas with pyarrow, the ``data`` extra) as ``(names, columns)`` like
+    :func:`read_csv_table`: numeric and boolean columns as float64 (missing values NaN), others as strings."""
+    try:
+        import pandas as pd
+
+        frame = pd.read_parquet(path)
+    except ImportError as e:
+        raise ValueError(f"reading .parquet needs pandas and pyarrow ({e}); install them: pip install 'injflow[data]'") from None
+    names, columns = [str(c) for c in frame.columns], []
+    for name in frame.columns:
+        col = frame[name]
+        if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+            columns.append(col.to_numpy(dtype=np.float64, na_value=np.nan))
+        else:
+            columns.append(col.astype(str).to_numpy(dtype=str))
+    return names, columns
 
 
 def read_partition_file(path: str | Path) -> dict[str, int]:

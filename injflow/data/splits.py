@@ -31,8 +31,6 @@ _ArrayT = TypeVar("_ArrayT", np.ndarray, Tensor)
 
 #: Data values at or above this magnitude cannot be trained on in float32 (squared errors overflow).
 MAX_ABS_VALUE = 1e15
-#: Above this magnitude the data are very likely not standardised: a warning says so.
-WARN_ABS_VALUE = 1e4
 
 
 @dataclass(frozen=True)
@@ -160,11 +158,8 @@ class DataSplits:
                 warnings.warn(f"{where} is {x.dtype} but the model's weights are {dtype}: converting the data to {dtype} "
                               f"(convert the model, e.g. flow.double(), to train in {x.dtype})", UserWarning, stacklevel=3)
                 changes[name] = x.to(dtype)
-            peak = x.reshape(x.shape[0], -1).abs().amax(0)
-            if name == "train" and bool((peak > WARN_ABS_VALUE).any()):
-                cols = torch.nonzero(peak > WARN_ABS_VALUE).flatten()
-                warnings.warn(f"{where} has values up to {float(peak.max()):.3g} (columns {cols[:5].tolist()}): the nets "
-                              f"expect standardised data ((x - mean) / std per column)", UserWarning, stacklevel=3)
+            # Values far from standardised are warned about once, naming the columns, where the scaling is decided
+            # (injflow.scaling.fit_data_scaler: own data are scaled by default).
             if conditional:
                 if c is None:
                     raise DataError(f"model.conditional is true but {where} has no labels: use a labelled data set "

@@ -377,7 +377,11 @@ def evaluate_flow(
             s = likelihood.summary(math.prod(data_shape))
             metrics.update(nll=s["nll"], nll_per_dim=s["nll_per_dim"], nll_std=s["nll_std"],
                            log_volume_mean=s["log_volume_mean"], spectrum=s["spectrum"])
-            metrics["nll_note"] = "exact on-manifold NLL of the projection g(f(x)) (FIF eq. 2); read with reconstruction_error"
+            metrics["nll_note"] = (
+                "exact NLL of x by the encoder's change of variables (d = D, a free-form flow); reconstruction_error "
+                "says how far g is from the inverse" if int(flow.latent_dim) == math.prod(data_shape) else
+                "exact on-manifold NLL of the projection g(f(x)) (FIF eq. 2); read with reconstruction_error"
+            )
             if out is not None:
                 npz, png, caption = write_spectrum(out, likelihood, split=split)
                 artefacts["spectrum"] = npz

@@ -13,6 +13,11 @@ per point (d forward-mode passes), decomposed in float64; it gives the singular-
 (:mod:`injflow.metrics.spectrum`), since :math:`\tfrac12\log\det G^\top G = \sum_i \log\sigma_i`.
 The points are processed ``batch_size`` at a time and the Jacobian ``chunk_size`` columns at a time, so the
 whole test set fits in memory.
+
+A free-form flow (d = D, method ``fff``) is a normalizing flow, and the log-volume is taken on the encoder side,
+:math:`-\log|\det f'(x)|` (:func:`~injflow.estimators.log_abs_det_jacobian`), so ``log_prob`` is the exact density of
+x itself, :math:`\log p_Z(f(x)) + \log|\det f'(x)|`, as :meth:`injflow.InjectiveFlow.log_prob` reports it; the
+spectrum is still the decoder's.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..estimators import decoder_jacobian
+from ..estimators import decoder_jacobian, log_abs_det_jacobian
 from .spectrum import jacobian_singular_values, spectrum_summary
 
 __all__ = ["OnManifoldLikelihood", "on_manifold_likelihood"]
@@ -37,7 +42,7 @@ class OnManifoldLikelihood:
     Attributes:
         log_prob: :math:`\log p(\hat x)`, shape (N,).
         reconstruction: :math:`\|\hat x - x\|^2` summed over data dimensions, shape (N,).
-        log_volume: :math:`\tfrac12\log\det(G^\top G)`, shape (N,).
+        log_volume: :math:`\tfrac12\log\det(G^\top G)`, shape (N,) (:math:`-\log|\det f'(x)|` when d = D).
         singular_values: :math:`\sigma_1 \ge \dots \ge \sigma_d` of :math:`G`, shape (N, d).
     """
 
@@ -115,7 +120,11 @@ def on_manifold_likelihood(
             x_hat = decode(z)
             rec = (x_hat - xb).flatten(1).double().pow(2).sum(1)
             sv = jacobian_singular_values(decoder_jacobian(decode, z, chunk_size=chunk_size))
-            log_vol = sv.log().sum(-1)
+            if z.shape[1] == xb[0].numel():  # d = D, a free-form flow: the density of x itself, encoder side
+                with torch.enable_grad():
+                    log_vol = -log_abs_det_jacobian(encode, xb, chunk_size=chunk_size).detach().double()
+            else:
+                log_vol = sv.log().sum(-1)
             lp = latent_log_prob(z).double() - log_vol
             parts.append((lp.cpu(), rec.cpu(), log_vol.cpu(), sv.cpu()))
     lp, rec, log_vol, sv = (torch.cat(p) for p in zip(*parts))

@@ -91,6 +91,7 @@ def build_autoencoder(
     *,
     data_shape: Sequence[int],
     latent_dim: int,
+    full_dimensional: bool = False,
     **options: Any,
 ) -> tuple[nn.Module, nn.Module]:
     r"""Builds an encoder/decoder pair by name and checks its shapes.
@@ -100,7 +101,10 @@ def build_autoencoder(
         data_shape: The shape :math:`S` of one sample, without the batch dimension: ``(D,)`` for
             flat data, ``(C, H, W)`` for images. Dense nets accept any shape (they flatten it);
             the conv nets pick their MNIST / CIFAR-10 / CelebA variant from it.
-        latent_dim: The latent size :math:`d`, with :math:`1 \le d < \prod S`.
+        latent_dim: The latent size :math:`d`, with :math:`1 \le d < \prod S` (:math:`d = \prod S` with
+            ``full_dimensional``).
+        full_dimensional: Build a pair with :math:`d = D`, the encoder and decoder of a free-form flow (method
+            ``fff``) instead of an injective flow's bottleneck.
         options: Architecture options (see :func:`architecture_options`); unknown names are errors.
 
     Returns:
@@ -124,10 +128,15 @@ def build_autoencoder(
 
     D = numel(data_shape)
 
-    if latent_dim >= D:
+    if full_dimensional and latent_dim != D:
+        raise ValueError(
+            f"latent_dim ({latent_dim}) must equal the data dimension ({D} for data_shape {data_shape}) for a "
+            "full-dimensional pair (a free-form flow)"
+        )
+    if not full_dimensional and latent_dim >= D:
         raise ValueError(
             f"latent_dim ({latent_dim}) must be smaller than the data dimension ({D} for data_shape "
-            f"{data_shape}): an injective flow reduces dimension"
+            f"{data_shape}): an injective flow reduces dimension (d = D: full_dimensional=True, method fff)"
         )
 
     encoder, decoder = ARCHITECTURES.build(architecture, data_shape=data_shape, latent_dim=latent_dim, **options)

@@ -30,6 +30,8 @@ def check_compilable(method: Any, flow: Any) -> None:
     if not isinstance(method, FIF):
         raise ConfigError(f"train.compile: compiled training implements FIF's estimator; method {method.name!r} trains "
                           f"eagerly (set train.compile=false)")
+    if getattr(method, "exact", False):  # fff (FIF at d = D) trains compiled with its surrogate, not the exact log-det
+        raise ConfigError("train.compile: the compiled path is the surrogate estimator; method.exact=true trains eagerly")
     wanted = {"mode": "mixed", "trace_space": "latent", "grad_to": "encoder", "jacobian_at": "x"}
     other = {k: getattr(method, k) for k, v in wanted.items() if getattr(method, k) != v}
     if other:
@@ -69,8 +71,9 @@ class CompiledFIF:
     def __init__(self, flow: Any, method: Any, backend: str = "inductor") -> None:
         from torch.func import functional_call, grad_and_value
 
-        from ..estimators import fif_loss_functional
+        from ..estimators import fif_loss_functional, prepare_forward_ad
 
+        prepare_forward_ad()  # torch.func.jvp loads the same decompositions as forward_ad (their notice silenced)
         check_compilable(method, flow)
         self.flow, self.method = flow, method
         encoder, decoder, latent = flow.encoder, flow.decoder, flow.latent

@@ -222,7 +222,7 @@ class FlowModule(L.LightningModule):
         x, c = self._split(batch)
         if self.input_noise > 0:
             x = x + self.input_noise * torch.randn_like(x)
-        model = self.flow if c is None else self.flow.given(c)
+        model = self.flow.given(c)  # the nets in the model's units (the data were scaled once, before training)
         error, grads = None, None
         try:
             with self.step_context():

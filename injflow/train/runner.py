@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..config import Config, ConfigError, check_dimensions, config_to_dict
+from ..config import Config, ConfigError, check_dimensions, config_to_dict, run_name
 from ..data import DataSplits
 from ..errors import DataError, InjflowError, NonFiniteLossError, RunFolderError, RunInterrupted
 from ..io import load_torch
@@ -33,7 +33,9 @@ from ..loading import ensure_samplers, load_run_data
 from ..methods import Clock
 from ..model import MAX_SAMPLER_POINTS, InjectiveFlow
 from ..rundir import RunDir
+from ..scaling import fit_data_scaler, scale_splits
 from ..threads import limit_threads
+from ..tracking import check_trackers
 from .resume import check_resume, extends_run
 
 __all__ = [
@@ -78,14 +80,23 @@ class RunPlan:
     monitor: str
     resume_step: int = 0
     csv_rows: int = 0
+    #: The splits in the model's units (``data`` scaled by the model's scaler, :mod:`injflow.scaling`): what the
+    #: nets train on. ``data`` stays in the user's units for samplers, pictures and metrics.
+    train_data: DataSplits | None = None
+
+    def __post_init__(self) -> None:
+        if self.train_data is None:
+            self.train_data = self.data
 
 
 def new_run_dir(config: Config) -> Path:
-    """``run.dir`` if set, else a fresh ``<run.root>/<run.name>-<YYYYmmdd-HHMMSS>`` folder."""
+    """``run.dir`` if set, else a fresh ``<run.root>/<run.name>-<YYYYmmdd-HHMMSS>`` folder (``run.name`` defaults to
+    ``<method>-<data>``: ``fif-sinusoid``, or ``fif-cancer`` for ``data.options.path=cancer.csv``)."""
     if config.run.dir:
         return Path(config.run.dir)
+    name = run_name(config)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(config.run.root) / f"{config.run.name}-{stamp}"
+    base = Path(config.run.root) / f"{name}-{stamp}"
     path, i = base, 1
     while path.exists():
         path, i = Path(f"{base}-{i}"), i + 1
@@ -227,6 +238,16 @@ def prepare_run(
     param = next(flow.parameters(), None)
     data = data.for_model(dtype=param.dtype if param is not None else torch.float32, conditional=flow.conditional)
     _check_samplers(config, data)
+    try:  # scaling fitted on the training split, kept by the model; the nets train on the scaled splits
+        scaler, message = fit_data_scaler(data, config.data.standardize, config.data.value_range)
+    except ValueError as e:
+        raise ConfigError(str(e).removeprefix("data.standardize: "), key="data.standardize") from None
+    if message:
+        import warnings
+
+        warnings.warn(message, UserWarning, stacklevel=2)
+    flow.set_scaler(scaler, columns=data.info.get("columns"))
+    user_data, data = data, scale_splits(data, scaler)
     try:
         terms = _dry_run(flow, config, data)
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
@@ -258,7 +279,8 @@ def prepare_run(
         run.check_unlocked()  # a folder in use is refused naming its writer, before anything else is said about it
         if not resume and not overwrite and run.is_run():
             raise RunFolderError(_occupied_message(run))
-    plan = RunPlan(config, data, flow, run, resume, built_here, sorted(terms), monitor)
+    check_trackers(config, run)  # a tracker's missing package or silent server: one line now, before anything is written
+    plan = RunPlan(config, user_data, flow, run, resume, built_here, sorted(terms), monitor, train_data=data)
     if resume:
         plan.resume_step, plan.csv_rows = check_resume(config, run, flow)
     return plan

@@ -31,7 +31,7 @@ def train_run(plan: RunPlan, flag: Any) -> tuple[Any, Any, Any]:
     from .loggers import build_loggers
     from .module import FlowModule
 
-    config, data, run, t = plan.config, plan.data, plan.run, plan.config.train
+    config, data, run, t = plan.config, plan.train_data, plan.run, plan.config.train
     L.seed_everything(t.seed, verbose=False)
     module = FlowModule(plan.flow, config.method, config.optim, input_noise=t.input_noise, ema_decay=t.ema_decay,
                         seed=t.seed, log_every_n_steps=t.log_every_n_steps,
@@ -47,7 +47,7 @@ def train_run(plan: RunPlan, flag: Any) -> tuple[Any, Any, Any]:
     checkpoint = RunCheckpoints(run.last_checkpoint, run.best_checkpoint, plan.monitor, t.monitor_mode, t.checkpoint_interval)
     csv_logger = MetricsCSVLogger(run.metrics_csv, keep_rows=plan.csv_rows if plan.resume else None)
     module.csv_logger = csv_logger
-    loggers = build_loggers(config, run, csv_logger)
+    loggers = build_loggers(config, run, csv_logger, resume=plan.resume)
     stopper = GracefulStop(run.last_checkpoint, flag, t.stop_after_steps)
     callbacks: list[Any] = [checkpoint, stopper]
     if t.progress_bar:
@@ -55,7 +55,7 @@ def train_run(plan: RunPlan, flag: Any) -> tuple[Any, Any, Any]:
     if t.checkpoint_every_n_steps:
         callbacks.append(PeriodicCheckpoint(t.checkpoint_every_n_steps, run.last_checkpoint))
     if t.plot_every_n_epochs:
-        callbacks.append(PlotCallback(lambda m: draw_run_pictures(m.flow, data, run), t.plot_every_n_epochs))
+        callbacks.append(PlotCallback(lambda m: draw_run_pictures(m.flow, plan.data, run), t.plot_every_n_epochs))
     with _QuietLightning():
         trainer = L.Trainer(
             max_epochs=t.max_epochs,

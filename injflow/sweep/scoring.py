@@ -1,0 +1,174 @@
+r"""Scores of a trained run on one split, as the papers select and report image models: FID of the reconstructions
+and of each sampler's samples against a reference set of the split (:func:`injflow.metrics.fid_protocol`), the
+reconstruction error, and the Inception Score where a logits classifier exists.
+
+FIF App. E.4 selects each configuration by its FID on the **validation** split and reports the test FID of the
+selected model only; Kumar §4 selects by the post-fit-GMM FID. A sweep therefore scores every trial on ``val`` and
+the selected trials on ``test`` (:class:`~injflow.sweep.spec.Evaluation`).
+
+``features: pixels`` replaces Inception by 4×4-average-pooled pixels (:class:`PooledPixels`): a Fréchet distance
+that runs in milliseconds, for smoke-scale checks of the pipeline. It is not FID, and the tables say so
+(:func:`metric_name`).
+
+Example:
+    >>> import torch
+    >>> PooledPixels()(torch.rand(3, 1, 28, 28)).shape
+    torch.Size([3, 16])
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .spec import Evaluation
+
+__all__ = ["PooledPixels", "feature_extractor", "metric_name", "load_split", "score_run", "real_data_score", "is_note"]
+
+
+class PooledPixels(nn.Module):
+    """Smoke-scale stand-in for Inception: 4×4-average-pooled pixels of every channel. Not FID."""
+
+    identity = "pooled-pixels-4x4-v1"
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        x = images.float()
+        if x.ndim == 2:
+            from ..metrics.inception import infer_image_shape
+
+            x = x.reshape(x.shape[0], *infer_image_shape(x.shape[1]))
+        return nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
+
+
+_EXTRACTORS: dict[tuple[str, str], Any] = {}
+
+
+def feature_extractor(features: str, device: str = "cpu") -> Any:
+    """The extractor of ``features`` (``inception`` or ``pixels``) on ``device``; one per process (Inception is
+    loaded once)."""
+    if (features, device) not in _EXTRACTORS:
+        if features == "pixels":
+            _EXTRACTORS[features, device] = PooledPixels()
+        elif features == "inception":
+            from ..metrics import InceptionFeatureExtractor
+
+            _EXTRACTORS[features, device] = InceptionFeatureExtractor(device=device, channels_last=device == "cpu")
+        else:
+            raise ValueError(f"features must be 'inception' or 'pixels', got {features!r}")
+    return _EXTRACTORS[features, device]
+
+
+def metric_name(features: str) -> str:
+    """What the ``fid_*`` scores of ``features`` are, for tables and figures."""
+    return "FID" if features == "inception" else "Fréchet distance of 4x4-pooled pixels (stand-in, not FID)"
+
+
+def is_note(evaluation: Evaluation) -> str:
+    """What the ``is_*`` columns of an evaluation hold: values, or why there are none."""
+    from ..metrics import IS_UNAVAILABLE_REASON
+
+    if not evaluation.inception_score:
+        return "IS not computed at this scale"
+    if evaluation.features != "inception":
+        return "IS not computed: stand-in features at this scale"
+    return "IS: " + ("computed with $INJFLOW_IS_CLASSIFIER" if os.environ.get("INJFLOW_IS_CLASSIFIER")
+                     else IS_UNAVAILABLE_REASON)
+
+
+def load_split(config: Any, split: str) -> Tensor:
+    """The points of ``split`` of a run config's data set (as ``fit`` loads it: same seed and options)."""
+    from ..data import load_dataset
+
+    d = config.data
+    data = load_dataset(d.name, seed=d.seed, root=d.root, download=d.download, **d.options)
+    x = {"train": data.train, "val": data.val, "test": data.test}[split]
+    if x is None:
+        raise ValueError(f"data set {d.name} has no {split} split")
+    return x
+
+
+def _cache(evaluation: Evaluation) -> Any:
+    from ..metrics import ReferenceStatsCache
+
+    return ReferenceStatsCache(evaluation.fid_cache) if evaluation.fid_cache else ReferenceStatsCache()
+
+
+def score_run(run_dir: str | Path, evaluation: Evaluation, *, device: str = "cpu") -> dict[str, Any]:
+    """Scores a finished run folder on ``evaluation.split``.
+
+    Arguments:
+        run_dir: The run folder (its ``model.pt`` with the post-fit samplers).
+        evaluation: What to score.
+        device: Where the model and the extractor run.
+
+    Returns:
+        ``{"scores": {"fid_<set>": ..., "reconstruction_error": ..., "is_<set>": ...}, "protocol": ...,
+        "feature_extractor": ..., "reference_from_cache": ..., "images": (sent through the extractor),
+        "seconds": ...}``; the score names carry no split prefix.
+    """
+    import injflow.api as inj
+
+    from ..config import load_config
+    from ..metrics import (
+        LogitsUnavailableError,
+        feature_stats,
+        fid_protocol,
+        find_logits_classifier,
+        frechet_distance,
+        inception_score_of_images,
+    )
+
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / "config.yaml")
+    flow = inj.load(run_dir).to(device).eval()
+    x = load_split(config, evaluation.split)
+    n = evaluation.n
+    protocol = fid_protocol(x, dataset=config.data.name, split=evaluation.split, n=n, disjoint=evaluation.disjoint)
+    extractor = feature_extractor(evaluation.features, device)
+    reference, cached = protocol.reference.stats(extractor, _cache(evaluation), batch_size=50)
+    with torch.no_grad():
+        recon = torch.cat([flow(protocol.reconstruct[i:i + 500].to(device)).cpu() for i in range(0, n, 500)])
+    images = {"reconstruction": recon} if evaluation.reconstruction else {}
+    for name in evaluation.samplers:
+        images[name] = flow.sample(n, sampler=name, seed=evaluation.seed).cpu()
+    scores: dict[str, Any] = {f"fid_{k}": frechet_distance(feature_stats(v, extractor, batch_size=50), reference)
+                              for k, v in images.items()}
+    scores["reconstruction_error"] = float((recon - protocol.reconstruct).flatten(1).pow(2).sum(1).mean())
+    note = None
+    if evaluation.inception_score:
+        try:
+            classifier = find_logits_classifier(device=device)
+            scores.update({f"is_{k}": inception_score_of_images(v, classifier)[0] for k, v in images.items()})
+        except LogitsUnavailableError as e:
+            note = str(e).splitlines()[0]
+    return {"scores": scores, "metric": metric_name(evaluation.features), "protocol": protocol.describe(),
+            "feature_extractor": getattr(extractor, "identity", type(extractor).__name__), "reference_from_cache": cached,
+            "images": n * len(images) + (0 if cached else n), "is_note": note, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def real_data_score(config: Any, evaluation: Evaluation, *, device: str = "cpu") -> float:
+    """The score of the real images ``split[:n]`` against the evaluation's reference set: the lowest value n images
+    can reach under this protocol (FID is biased upwards at small n); 0 for the papers' protocol, whose reference
+    *is* ``split[:n]``.
+
+    Arguments:
+        config: A run's config (its data set and options).
+        evaluation: The evaluation whose floor is wanted.
+        device: Where the extractor runs.
+    """
+    from ..metrics import feature_stats, fid_protocol, frechet_distance
+
+    if not evaluation.disjoint:
+        return 0.0
+    x = load_split(config, evaluation.split)
+    protocol = fid_protocol(x, dataset=config.data.name, split=evaluation.split, n=evaluation.n, disjoint=True)
+    extractor = feature_extractor(evaluation.features, device)
+    reference, _ = protocol.reference.stats(extractor, _cache(evaluation), batch_size=50)
+    return frechet_distance(feature_stats(protocol.reconstruct, extractor, batch_size=50), reference)
