@@ -127,6 +127,26 @@ def test_trumpet_trains_on_two_processes_with_the_single_process_gradient(tmp_pa
 
 
 @pytest.mark.slow
+def test_fff_on_two_processes_draws_its_own_noise_and_has_the_single_process_gradient(tmp_path, monkeypatch):
+    """FFF (d = D) shares FIF's estimator, so the same per-process noise streams apply: the two processes draw
+    different Hutchinson noise, and the step-0 gradient after DDP's all-reduce equals one process's on the
+    concatenated batch and noise. Slow: one more launch, for a path the FIF launch already covers."""
+    code, out = launch(tmp_path, ["--method", "fff"],
+                       ["method={name: probe_fff, beta: 20.0, n_hutchinson: 2}", "data.name=linear_subspace",
+                        "model.latent_dim=4", "data.options={n_train: 1000, n_val: 200, n_test: 200}",
+                        "train.max_epochs=1"])
+    assert code == 0, out[-3000:]
+    r0, r1 = records(tmp_path)
+    assert r0["error"] is None and r1["error"] is None
+    steps = sorted(r0["noise"])
+    assert steps == list(range(5)) and sorted(r1["noise"]) == steps
+    assert not any(torch.equal(a, b) for s in steps for a, b in zip(r0["noise"][s], r1["noise"][s]))
+    ddp = r0["step0"]["grads"]
+    assert_same_gradients(r1["step0"]["grads"], ddp)
+    assert_same_gradients(ddp, single_process_gradients(tmp_path / "run", [r0, r1], monkeypatch))
+
+
+@pytest.mark.slow
 def test_two_processes_resume_their_own_noise_streams(tmp_path):
     """A 2-process run stopped after 3 steps and resumed ends with the weights of the uninterrupted run, and each
     process draws, after the resume, the noise it drew uninterrupted (each process's RNG state is in the checkpoint;
@@ -191,7 +211,8 @@ def test_every_method_that_leaves_parameters_without_gradient_says_so():
     for name in sorted(n for n in METHODS if not n.startswith("probe_")):
         method = build_method(name)
         architecture = {"rnf": "injective_coupling", "dnf": "injective_coupling", "trumpet": "trumpet"}.get(name, "mlp")
-        cfg = load_config(None, ["data.name=linear_subspace", "model.latent_dim=2", f"model.architecture={architecture}",
+        latent_dim = 4 if getattr(method, "full_dimensional", False) else 2  # a free-form flow is square (d = D; methods/fff.py)
+        cfg = load_config(None, ["data.name=linear_subspace", f"model.latent_dim={latent_dim}", f"model.architecture={architecture}",
                                  "model.options={}", f"method={{name: {name}}}"])
         flow = InjectiveFlow.from_config(cfg, data_shape=(4,), data_kind="tabular")
         method.prepare(flow)
