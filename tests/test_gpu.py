@@ -217,9 +217,12 @@ def test_cpu_and_gpu_agree_on_losses_gradients_and_exact_nll(net, monkeypatch):
 
 
 def _method_overrides(name: str) -> list[str]:
+    from injflow.methods import method_class
+
     architecture = {"rnf": "injective_coupling", "dnf": "injective_coupling", "trumpet": "trumpet"}.get(name, "mlp")
+    square = ["model.latent_dim=4"] if getattr(method_class(name), "full_dimensional", False) else []  # FFF: d = D
     return [f"method={{name: {name}}}", *LINEAR, "data.options={n_train: 400, n_val: 100, n_test: 100}",
-            f"model.architecture={architecture}", "model.options={}", "train.max_epochs=1"]
+            f"model.architecture={architecture}", "model.options={}", "train.max_epochs=1", *square]
 
 
 def _method_names() -> list[str]:
@@ -243,7 +246,7 @@ def test_every_method_trains_on_the_gpu_and_the_model_stays_there(name, tmp_path
 
 
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
-@pytest.mark.parametrize("name", ["fif", "rectangular_flow"])
+@pytest.mark.parametrize("name", ["fif", "fff", "rectangular_flow"])
 def test_mixed_precision_trains_with_orthogonal_noise_and_conjugate_gradients(name, precision, tmp_path):
     """Half-precision products (autocast) with K = 2 orthogonal samples (drawn in float32) and, for the rectangular flow,
     conjugate gradients in float32 with the format's tolerance: finite losses, CG below its cap of 2d iterations."""
@@ -253,7 +256,8 @@ def test_mixed_precision_trains_with_orthogonal_noise_and_conjugate_gradients(na
     if precision == "16-mixed" and not ON_GPU:
         pytest.skip("16-mixed is a GPU precision")
     overrides = [*ENGINE, *LINEAR, f"method={{name: {name}, beta: 10.0, n_hutchinson: 2}}", "train.max_epochs=1",
-                 f"train.precision={precision}", "train.log_every_n_steps=1", f"run.dir={tmp_path}"]
+                 f"train.precision={precision}", "train.log_every_n_steps=1", f"run.dir={tmp_path}",
+                 *(["model.latent_dim=4"] if name == "fff" else [])]  # FFF is square (d = D)
     result = fit_config(load_config(None, overrides), verbose=False)
     assert result.completed
     rows = [r for r in read_rows(tmp_path) if r.get("train/loss_step")]
