@@ -47,11 +47,13 @@ CPU_CASES = list(CASES)[:3]
 
 def build_step(config: str | None, overrides: list[str], shape: tuple[int, ...], kind: str, device: str = "cpu"):
     """One engine-like training step on random data of the config's shape (the count does not depend on the values)."""
+    import injflow
     from injflow import estimators
     from injflow.config import load_config
     from injflow.model import InjectiveFlow
 
-    cfg = load_config(ROOT / config if config else None, overrides)
+    tree = Path(injflow.__file__).resolve().parents[1]  # the measured tree's own config files (--compare's "before")
+    cfg = load_config(tree / config if config else None, overrides)
     torch.manual_seed(0)
     flow = InjectiveFlow.from_config(cfg, data_shape=shape, data_kind=kind,
                                      image_shape=shape if kind == "image" else None)
