@@ -47,7 +47,8 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 missing=$("$PY" - <<'EOF'
 import importlib.util
-needed = ["lightning", "zuko", "yaml", "scipy", "sklearn", "matplotlib", "tqdm", "tensorboard", "PIL", "pytest"]
+needed = ["lightning", "zuko", "yaml", "scipy", "sklearn", "threadpoolctl", "matplotlib", "tqdm", "tensorboard", "PIL",
+          "pytest"]
 print(" ".join(m for m in needed if importlib.util.find_spec(m) is None))
 EOF
 )
@@ -60,8 +61,8 @@ if [ -n "$missing" ] || ! "$PY" -c "import importlib.util, sys; sys.exit(0 if im
 fi
 missing=$("$PY" -c "
 import importlib.util
-print(' '.join(m for m in ['lightning', 'zuko', 'yaml', 'scipy', 'sklearn', 'matplotlib', 'tqdm', 'tensorboard', 'PIL',
-                           'pytest'] if importlib.util.find_spec(m) is None))")
+print(' '.join(m for m in ['lightning', 'zuko', 'yaml', 'scipy', 'sklearn', 'threadpoolctl', 'matplotlib', 'tqdm',
+                           'tensorboard', 'PIL', 'pytest'] if importlib.util.find_spec(m) is None))")
 if [ -n "$missing" ]; then
   echo "gpu_check: missing Python packages: $missing (carry their wheels in $WHEELS/: scripts/gpu_check.sh --fetch-wheels)" >&2
   stage "needs" FAIL
@@ -99,7 +100,7 @@ if [ "$have_mnist" != yes ]; then
 else
   if timeout 120 "$PY" -m injflow.cli fit "$CONFIG" --set train.max_time=45 train.max_epochs=1000 train.accelerator=gpu \
       train.devices=1 train.progress_bar=false train.pictures=false "run.dir=$WORK/mnist" > "$OUT/mnist_fit.log" 2>&1; then
-    n_test=$("$PY" -c "from injflow.train import load_config; print(load_config('$CONFIG').data.options['n_test'])")
+    n_test=$("$PY" -c "from injflow.config import load_config; print(load_config('$CONFIG').data.options['n_test'])")
     fid_flag=(); [ "$have_inception" = yes ] || fid_flag=(--no-fid)
     # As many samples per sampler as the test split holds (the reference of FID and W2).
     if timeout 80 "$PY" -m injflow.cli evaluate "$WORK/mnist" --device cuda --n-samples "$n_test" --fid-batch-size 100 \
