@@ -214,13 +214,13 @@ class _Worker:
         self.proc.wait()
 
 
-def compare(other: Path, threads: list[int], rounds: int, warmup: int) -> dict:
+def compare(other: Path, threads: list[int], rounds: int, warmup: int, cases: list[str] | None = None) -> dict:
     """The same steps on two trees, one step of each in turn (two processes, never running at once): the paired ratio
     after/before of each round cancels the load drift of a shared machine; its median and quartiles are reported."""
     workers = {"before": _Worker(other.resolve()), "after": _Worker(ROOT)}
     loads, table = [load_average()], {}
     try:
-        for name in CPU_CASES:
+        for name in cases or CPU_CASES:
             row: dict = {label: dict(w.ask("build", name) and w.ask("count", name)) for label, w in workers.items()}
             for t in threads:
                 for _ in range(warmup):
@@ -271,6 +271,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--cases", nargs="+", metavar="TEXT",
+                        help="only the CPU cases whose name contains one of these texts (default: all of them)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
@@ -287,7 +289,10 @@ def main() -> None:
     if args.worker:
         worker()
         return
-    result = compare(args.compare or ROOT, args.threads, args.rounds, args.warmup)
+    cases = [n for n in CPU_CASES if any(t in n for t in args.cases)] if args.cases else None
+    if args.cases and not cases:
+        parser.error(f"--cases {' '.join(args.cases)} matches none of: {'; '.join(CPU_CASES)}")
+    result = compare(args.compare or ROOT, args.threads, args.rounds, args.warmup, cases)
     text = markdown(result)
     print(text)
     if args.json:
