@@ -1,5 +1,5 @@
-"""The ``injflow`` command line: ``fit``, ``sample``, ``evaluate``, ``report``, ``export`` and ``sweep`` over YAML configs
-and run folders.
+"""The ``injflow`` command line: ``fit``, ``sample``, ``evaluate``, ``dimension``, ``report``, ``export`` and ``sweep``
+over YAML configs and run folders.
 
 Examples::
 
@@ -9,15 +9,17 @@ Examples::
     injflow sample runs/fif-sinusoid-20240101-120000 --n 1000 --sampler gmm --temperature 0.8
     injflow evaluate runs/fif-sinusoid-20240101-120000
     injflow report runs/fif-sinusoid-20240101-120000 [more runs to compare ...]
+    injflow evaluate runs/fashion --ood mnist              # + OOD scores and AUROCs against MNIST
+    injflow dimension runs/fif-sinusoid-20240101-120000    # intrinsic dimension of the learned manifold
     injflow export runs/fif-sinusoid-20240101-120000 --format onnx   # or pretrained, torch-export
     injflow sweep configs/sweeps/kumar_table1-mnist-cpu.yaml --max-concurrent 2
 
 This module only parses arguments: the work is done by :mod:`injflow.train.runner` (fit), :mod:`injflow.runs`
-(sample, evaluate, report), :mod:`injflow.hub` and :mod:`injflow.export` (export) and :mod:`injflow.sweep` (sweep). An
-error injflow can explain (:class:`~injflow.errors.InjflowError`: a bad config key, bad data, a corrupt checkpoint, an
-unfinished run, a locked folder...) is printed as one line with exit status 2 (3 when training stopped on a non-finite
-loss, 128+N after signal N); ``--debug`` adds the traceback. ``sweep`` exits with 3 when trials are left to run
-(``--resume``).
+(sample, evaluate, report), :mod:`injflow.dimension` (dimension), :mod:`injflow.hub` and :mod:`injflow.export`
+(export) and :mod:`injflow.sweep` (sweep). An error injflow can explain (:class:`~injflow.errors.InjflowError`: a bad
+config key, bad data, a corrupt checkpoint, an unfinished run, a locked folder...) is printed as one line with exit
+status 2 (3 when training stopped on a non-finite loss, 128+N after signal N); ``--debug`` adds the traceback. ``sweep``
+exits with 3 when trials are left to run (``--resume``).
 """
 
 from __future__ import annotations
@@ -125,7 +127,36 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     e.add_argument("--checkpoint", choices=["last", "best"], default=None,
                    help="evaluate this checkpoint of an unfinished run (default: the finished model.pt)")
+    e.add_argument("--ood", metavar="DATASET", default=None,
+                   help="also score the split against the same split of DATASET (a registered data set of the run's "
+                        "shape, e.g. mnist for a fashion_mnist run): eval/ood_scores.csv, eval/ood_scores.png and the "
+                        "AUROC of each score under 'ood' in metrics.json (docs/ood.md)")
+    e.add_argument("--ood-latent", choices=["auto", "prior", "gaussian", "gmm"], default="auto",
+                   help="p_Z of the OOD likelihood score (auto: the prior, or the post-fit GMM for autoencoders)")
     e.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+
+    m = sub.add_parser(
+        "dimension",
+        formatter_class=_fmt,
+        help="estimate the intrinsic dimension of a run's learned manifold",
+        description="Count, at each point of a split, the singular values of the decoder Jacobian g'(f(x)) above a\n"
+        "threshold of FACTOR times the off-manifold noise std (the rms distance to the manifold per normal direction,\n"
+        "fitted on the training split): the local dimension; their median is the global estimate. Writes\n"
+        "<RUN>/eval/dimension.json, dimension_local.csv and dimension.png (spectra with the threshold). Train with a\n"
+        "latent_dim larger than you expect; an estimate equal to latent_dim means: retrain larger (docs/dimension.md).",
+        epilog="example:\n  injflow dimension runs/fif-mnist-d32 --max-samples 2000",
+    )
+    m.add_argument("run", metavar="RUN", help="run folder written by `injflow fit`")
+    m.add_argument("--split", choices=["train", "val", "test"], default="test")
+    m.add_argument("--max-samples", type=int, default=2000, help="use the first N points of the split (default 2000)")
+    m.add_argument("--factor", type=float, default=2.0, help="threshold = FACTOR x the noise std (default 2)")
+    m.add_argument("--no-encoder", dest="encoder", action="store_false",
+                   help="skip the encoder's spectrum (the cross-check; d reverse passes per point)")
+    m.add_argument("--batch-size", type=int, default=256, help="points per Jacobian batch (default 256)")
+    m.add_argument("--checkpoint", choices=["last", "best"], default=None,
+                   help="use this checkpoint of an unfinished run (default: the finished model.pt)")
+    m.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    m.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
     x = sub.add_parser(
         "export",
@@ -217,8 +248,13 @@ def _run(args: argparse.Namespace) -> int:
             args.run, split=args.split, max_samples=args.max_samples, seed=args.seed, checkpoint=args.checkpoint,
             device=args.device, fid_cache=args.fid_cache, n_samples=args.n_samples, fid=args.fid, resize=args.resize,
             exact_nll_max_dim=args.exact_nll_max_dim, batch_size=args.batch_size, fid_batch_size=args.fid_batch_size,
-            progress=args.progress,
+            progress=args.progress, ood=args.ood, ood_latent=args.ood_latent,
         )
+    elif args.command == "dimension":
+        from .dimension import dimension_run
+
+        dimension_run(args.run, split=args.split, max_samples=args.max_samples, factor=args.factor, encoder=args.encoder,
+                      checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size)
     elif args.command == "report":
         report_runs(args.runs, out=args.out, title=args.title)
     elif args.command == "export":

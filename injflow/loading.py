@@ -14,14 +14,15 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import RESUMABLE_KEYS, Config, changed_keys, config_to_dict, lookup_key
+from .config import RESUMABLE_KEYS, Config, changed_keys, config_from_dict, config_to_dict, lookup_key
 from .data import DataSplits, load_data_section
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .model import InjectiveFlow
 from .rundir import RunDir
 from .threads import limit_threads
@@ -54,6 +55,10 @@ def _check_belongs(flow: InjectiveFlow, run: RunDir, path: Path) -> None:
     if not flow.config:
         return
     saved, own = config_to_dict(run.read_config()), flow.config
+    try:  # a model saved before a config key existed was trained with that key's default: fill the defaults in
+        own = config_to_dict(config_from_dict(copy.deepcopy(own)))
+    except ConfigError:
+        pass  # compared as saved: the first differing key is named below
     for section in ("model", "data"):
         changed = [k for k in changed_keys({section: saved[section]}, {section: own.get(section, {})})
                    if not k.startswith(RESUMABLE_KEYS)]

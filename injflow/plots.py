@@ -34,6 +34,8 @@ __all__ = [
     "plot_samples",
     "plot_latent_marginals",
     "plot_spectra",
+    "plot_dimension_estimate",
+    "plot_score_histograms",
     "draw_run_pictures",
 ]
 
@@ -346,6 +348,15 @@ def plot_spectra(spectra: Mapping[str, Tensor | np.ndarray], out: str | Path, *,
         ax.set_title(title, fontsize=8)
         ax.legend(fontsize=7)
         return _save(fig, out, dpi=100)
+    _draw_spectrum_bands(ax, spectra)
+    ax.set_ylabel(r"singular value $\sigma_i$ of $g'(z)$")
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=7)
+    return _save(fig, out, dpi=100)
+
+
+def _draw_spectrum_bands(ax: Axes, spectra: Mapping[str, Tensor | np.ndarray]) -> None:
+    """Median per index with a 10–90 % band over the points, one colour per entry, log scale."""
     for i, (name, sv) in enumerate(spectra.items()):
         sv = torch.as_tensor(sv, dtype=torch.float64).clamp_min(1e-300)
         idx = np.arange(1, sv.shape[1] + 1)
@@ -354,10 +365,73 @@ def plot_spectra(spectra: Mapping[str, Tensor | np.ndarray], out: str | Path, *,
         ax.fill_between(idx, q[0], q[2], color=f"C{i}", alpha=0.2, lw=0)
     ax.set_yscale("log")
     ax.set_xlabel("index i (descending)")
-    ax.set_ylabel(r"singular value $\sigma_i$ of $g'(z)$")
-    ax.set_title(title, fontsize=8)
-    ax.legend(fontsize=7)
     ax.grid(alpha=0.3, which="both", lw=0.4)
+
+
+def plot_dimension_estimate(
+    spectra: Mapping[str, Tensor | np.ndarray],
+    local_dims: Tensor | np.ndarray,
+    out: str | Path,
+    *,
+    threshold: float,
+    noise_std: float,
+    estimate: int,
+    title: str,
+) -> Path:
+    r"""The intrinsic-dimension estimate of :mod:`injflow.dimension` in two panels: (left) the singular-value spectra
+    (median and 10–90 % band per index, log scale) with the threshold and the off-manifold noise scale as horizontal
+    lines; (right) the histogram of the per-point counts above the threshold, with the global estimate marked."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 3.8))
+    _draw_spectrum_bands(left, spectra)
+    left.axhline(threshold, color="k", ls="--", lw=1.0, label=f"threshold {threshold:.3g}")
+    left.axhline(noise_std, color="0.5", ls=":", lw=1.0, label=f"noise std σ̂ = {noise_std:.3g}")
+    left.set_ylabel(r"singular value $\sigma_i$")
+    left.legend(fontsize=7)
+    dims = np.asarray(local_dims, dtype=np.int64).ravel()
+    top = int(max(dims.max(initial=0), estimate)) + 1
+    right.hist(dims, bins=np.arange(-0.5, top + 1.5), color="C0", alpha=0.7, rwidth=0.9)
+    right.axvline(estimate, color="k", ls="--", lw=1.0, label=f"global estimate {estimate}")
+    right.set_xlabel("local dimension (singular values above the threshold)")
+    right.set_ylabel("points")
+    right.legend(fontsize=7)
+    fig.suptitle(textwrap.fill(title, 130), fontsize=8)
+    return _save(fig, out, dpi=100)
+
+
+def plot_score_histograms(
+    scores: Mapping[str, tuple[Tensor | np.ndarray, Tensor | np.ndarray]],
+    out: str | Path,
+    *,
+    labels: tuple[str, str],
+    aurocs: Mapping[str, float] | None = None,
+    title: str,
+    clip: float = 0.005,
+) -> Path:
+    """One panel per score: histograms of the score over the in-distribution and the out-of-distribution points
+    (``scores``: name → ``(in, out)``), density-normalised on shared bins between the pooled ``clip`` and ``1 - clip``
+    quantiles (points outside are counted in the outermost bins), with the AUROC in the panel title."""
+    plt = _plt()
+    k = len(scores)
+    fig, axes = plt.subplots(1, k, figsize=(3.6 * k + 0.4, 3.3), squeeze=False)
+    for ax, (name, (a, b)) in zip(axes[0], scores.items()):
+        a = np.asarray(a, dtype=np.float64).ravel()
+        b = np.asarray(b, dtype=np.float64).ravel()
+        pooled = np.concatenate([a, b])
+        pooled = pooled[np.isfinite(pooled)]
+        lo, hi = np.quantile(pooled, [clip, 1 - clip]) if pooled.size else (0.0, 1.0)
+        if not hi > lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        bins = np.linspace(lo, hi, 60)
+        for values, label, colour in ((a, labels[0], "C0"), (b, labels[1], "C3")):
+            ax.hist(np.clip(values[np.isfinite(values)], lo, hi), bins=bins, density=True, alpha=0.5, color=colour,
+                    label=f"{label} (n={values.size})")
+        head = name if not aurocs or name not in aurocs else f"{name}: AUROC {aurocs[name]:.3f}"
+        ax.set_title(head, fontsize=9)
+        ax.set_xlabel(f"{name} (higher = more out-of-distribution)", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=6)
+    fig.suptitle(textwrap.fill(title, int(30 * k + 10)), fontsize=8)
     return _save(fig, out, dpi=100)
 
 

@@ -136,6 +136,8 @@ def evaluate_run(
     device: str = "cpu",
     fid_cache: str | Path | None = None,
     verbose: bool = True,
+    ood: str | None = None,
+    ood_latent: str = "auto",
     **options: Any,
 ) -> dict[str, Any]:
     """Evaluates a run on one split; writes ``<run>/metrics.json`` and the figures in ``<run>/eval/``.
@@ -155,6 +157,10 @@ def evaluate_run(
         device: Where everything runs (``cpu``, ``cuda``, ``cuda:1``...).
         fid_cache: Folder of cached FID reference statistics.
         verbose: Print the metrics and where they went.
+        ood: A registered data set of the run's shape: also score the split against its same split for
+            out-of-distribution detection (:func:`injflow.ood.evaluate_run_ood`: ``eval/ood_scores.csv``, a histogram
+            per score, the AUROCs under ``ood`` in ``metrics.json``).
+        ood_latent: :math:`p_Z` of the OOD likelihood score (``auto``, ``prior``, ``gaussian``, ``gmm``).
         options: Fields of :class:`~injflow.metrics.EvalOptions` (``n_samples``, ``fid``, ``resize``, ``batch_size``,
             ``fid_batch_size``, ``exact_nll_max_dim``, ``progress``...).
     """
@@ -177,6 +183,10 @@ def evaluate_run(
             raise ValueError(f"the data set {config.data.name!r} has no {split} split")
         if max_samples:
             x, c = x[:max_samples], None if c is None else c[:max_samples]
+        if ood:  # refuse a data set of another shape before the long evaluation
+            from .ood import load_ood_split
+
+            x_ood = load_ood_split(config, ood, split, tuple(x.shape[1:]))
         seed = config.train.seed if seed is None else seed
         eval_options = EvalOptions(seed=seed, cache=ReferenceStatsCache(fid_cache) if fid_cache else None, **options)
         log = print if verbose else None
@@ -202,10 +212,24 @@ def evaluate_run(
         else:
             metrics["method_terms"] = method_terms(config, flow, x, c, step=step, seed=seed,
                                                    batch_size=eval_options.batch_size)
+        # nll_D: the likelihood that compares latent dimensions (the manifold thickened by the fitted off-manifold noise).
+        from .metrics.ambient import ambient_nll_metrics, fit_flow_noise
+
+        # Fitted in the units the NLL and reconstruction error above were measured in.
+        x_train = flow.to_model_units(data.train) if in_model_units else data.train
+        noise = fit_flow_noise(scored, x_train, c=data.train_labels if flow.conditional else None)
+        metrics.update(ambient_nll_metrics(evaluation.metrics, noise))
+        if ood:
+            from .ood import evaluate_run_ood
+
+            metrics["ood"] = evaluate_run_ood(folder, config, flow, ood, x_in=x, x_train=data.train, x_out=x_ood,
+                                              split=split, max_samples=max_samples, latent=ood_latent,
+                                              batch_size=eval_options.batch_size, chunk_size=eval_options.chunk_size,
+                                              seed=seed, progress=eval_options.progress, log=log)
     folder.write_json(folder.metrics_json, metrics)
     log_evaluation(folder, metrics, split=split, step=step, verbose=verbose)  # the run's MLflow / W&B runs, if tracked
     if verbose:
-        print(json.dumps({k: v for k, v in metrics.items() if k not in ("latent", "spectrum", "figures")}, indent=2))
+        print(json.dumps({k: v for k, v in metrics.items() if k not in ("latent", "spectrum", "figures", "ood")}, indent=2))
         print("[injflow] timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in evaluation.timings.items()))
         print(f"[injflow] metrics -> {folder.metrics_json}")
         print(f"[injflow] figures -> {folder.eval}  (report: injflow report {folder.path})")

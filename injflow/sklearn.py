@@ -3,10 +3,13 @@ r"""A scikit-learn estimator for injective flows: ``fit``, ``transform``, ``inve
 dimension reduction) or :class:`~sklearn.mixture.GaussianMixture` (a density with samples).
 
 ``transform`` is the encoder :math:`z = f(x)`, ``inverse_transform`` the decoder :math:`\hat x = g(z)`,
-``score_samples`` the exact on-manifold log-density :math:`\log p(\hat x)` of the projection (FIF eq. 2; read it
-together with ``reconstruction_error``), and ``sample`` draws :math:`g(z)` with :math:`z` from the prior or a post-fit
-sampler. Training runs through injflow's engine (checkpoints, non-finite guards, the same configs), in a temporary
-run folder unless ``run_dir`` is given.
+``score_samples`` the log-density :math:`\log p_D(x)` in the data space — the exact on-manifold density of the
+projection (FIF eq. 2) times Gaussian noise normal to the manifold, its variance fitted on the training data
+(:mod:`injflow.metrics.ambient`), so that ``score`` compares models of different ``latent_dim`` like ``PCA.score``
+compares numbers of components — ``manifold_log_prob`` the on-manifold :math:`\log p(\hat x)` alone (read it with
+``reconstruction_error``), and ``sample`` draws :math:`g(z)` with :math:`z` from the prior or a post-fit sampler.
+Training runs through injflow's engine (checkpoints, non-finite guards, the same configs), in a temporary run folder
+unless ``run_dir`` is given.
 
 Example:
     >>> import numpy as np
@@ -67,6 +70,8 @@ class InjectiveFlowEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
 
     Attributes:
         flow_: The trained :class:`~injflow.model.InjectiveFlow`.
+        off_manifold_noise_: The :class:`~injflow.metrics.ambient.OffManifoldNoise` fitted on the training data
+            (its ``variance`` is the mean squared reconstruction error per normal direction).
         n_features_in_: The number of features seen in ``fit``.
         feature_names_in_: The column names of a ``DataFrame`` seen in ``fit``.
         run_dir_: Where the run was kept (``None`` without ``run_dir``).
@@ -162,6 +167,7 @@ class InjectiveFlowEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
                 result = fit_config(config, run_dir=Path(tmp) / "run", data=data, verbose=self.verbose)
             self.run_dir_ = None
         self.flow_ = result.flow.eval()
+        self._fit_off_manifold_noise(x)
         return self
 
     # ------------------------------------------------------------------ maps
@@ -203,13 +209,38 @@ class InjectiveFlowEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
             x_hat = self.flow_.decode(self.flow_.encode_all(x))
         return self._out(((x_hat.cpu() - x) ** 2).sum(1), dtype)
 
-    def score_samples(self, X: Any) -> np.ndarray:
-        """The exact on-manifold log-density :math:`\\log p(g(f(x)))` per row (read with :meth:`reconstruction_error`)."""
+    # ------------------------------------------------------------------ scores
+
+    def _fit_off_manifold_noise(self, x: torch.Tensor) -> None:
+        from .metrics.ambient import fit_flow_noise
+
+        self.off_manifold_noise_ = fit_flow_noise(self.flow_, x, max_points=None)
+
+    def manifold_log_prob(self, X: Any) -> np.ndarray:
+        """The exact on-manifold log-density :math:`\\log p(g(f(x)))` per row (FIF eq. 2; a density of the
+        ``latent_dim``-dimensional manifold, so read it with :meth:`reconstruction_error` and do not compare it across
+        ``latent_dim``)."""
         check_is_fitted(self, "flow_")
         return self.flow_.log_prob(self._as_tensor(X)[0]).cpu().double().numpy()
 
+    def score_samples(self, X: Any) -> np.ndarray:
+        r"""The log-density of each row in the data space,
+
+        .. math:: \log p_D(x) = \log p(\hat x) - \tfrac{D-d}2\log(2\pi\hat\sigma^2) - \|x-\hat x\|^2/(2\hat\sigma^2),
+
+        the on-manifold density of the projection :math:`\hat x = g(f(x))` thickened by Gaussian noise normal to the
+        manifold with the variance :math:`\hat\sigma^2` fitted on the training data (``off_manifold_noise_``). A
+        density of the D-dimensional data, so it compares models of different ``latent_dim``
+        (:mod:`injflow.metrics.ambient`).
+        """
+        check_is_fitted(self, "flow_")
+        log_p, rec = self.flow_.log_prob(self._as_tensor(X)[0], return_reconstruction=True)
+        return self.off_manifold_noise_.log_prob(log_p.cpu(), rec.cpu()).numpy()
+
     def score(self, X: Any, y: Any = None) -> float:
-        """The mean of :meth:`score_samples` (higher is better; for model selection)."""
+        """The mean of :meth:`score_samples`: the average log-likelihood of the data under the model, higher is better,
+        comparable across ``latent_dim`` (for ``GridSearchCV``; with ``refit=injflow.dimension.select_latent_dim`` the
+        smallest adequate ``latent_dim`` is chosen)."""
         return float(self.score_samples(X).mean())
 
     def sample(self, n_samples: int = 1, random_state: int | None = None) -> np.ndarray:

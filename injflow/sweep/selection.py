@@ -11,8 +11,8 @@ Example:
     >>> from injflow.sweep.records import TrialRecord
     >>> from injflow.sweep.spec import spec_from_dict
     >>> spec = spec_from_dict({"grid": {"method.beta": [1, 10]}}, name="demo")
-    >>> records = [TrialRecord(Trial("beta1", "c", ("method.beta=1",)), "completed", metrics={"val/nll": 2.0}),
-    ...            TrialRecord(Trial("beta10", "c", ("method.beta=10",)), "completed", metrics={"val/nll": 1.5})]
+    >>> records = [TrialRecord(Trial("beta1", "c", ("method.beta=1",)), "completed", metrics={"val/nll_D": 2.0}),
+    ...            TrialRecord(Trial("beta10", "c", ("method.beta=10",)), "completed", metrics={"val/nll_D": 1.5})]
     >>> [(s.group, s.trial, s.value) for s in select(records, spec)]
     [('all', 'beta10', 1.5)]
 """

@@ -7,7 +7,7 @@ how the winner of each group is selected, and the evaluations::
     set: [train.max_epochs=5]                    # overrides for every trial
     grid: {method.beta: [1, 10, 100], train.seed: [0, 1]}   # the cartesian product of config keys
     group: [method.beta]                         # optional: select per group (default: one group)
-    select: {metric: val/nll, mode: min}         # optional (this default); a list selects once per criterion
+    select: {metric: val/nll_D, mode: min}       # optional (this default); a list selects once per criterion
     evaluate: {n: 1000, samplers: [prior, gmm]}  # optional: scores every trial reports on the validation split
     test: {samplers: [gaussian, gmm]}            # optional: the selected trials' evaluation on the test split
 
@@ -17,12 +17,18 @@ them all to each value (``"method.mu.nu,method.mu_in.nu": [1.0, 1.3]``). ``selec
 trial (a table without a search, e.g. one model per method and seed). Selection never looks at the test split
 (FIF App. E.4: the model with the best *validation* FID is evaluated on the test split).
 
+Without ``select`` the winner is the trial with the lowest validation ``nll_D``: the negative log-density of the
+validation points in the data space, the learned manifold thickened by the off-manifold noise fitted on the training
+split (:mod:`injflow.metrics.ambient`). Unlike the training terms (``val/nll`` of FIF is the surrogate's value, not a
+likelihood) it compares trials of different ``latent_dim`` and β; the evaluation then scores it
+(``evaluate: {nll_D: true}``, added whenever ``select`` names ``val/nll_D``).
+
 Every mistake is a :class:`SpecError` naming the key, raised before Ray is imported.
 
 Example:
     >>> spec = spec_from_dict({"grid": {"method.beta": [1, 10]}, "set": ["train.max_epochs=2"]}, name="demo")
-    >>> spec.name, spec.select[0].metric, [len(entry) for entry in spec.grid]
-    ('demo', 'val/nll', [1])
+    >>> spec.name, spec.select[0].metric, spec.evaluate.nll_D, [len(entry) for entry in spec.grid]
+    ('demo', 'val/nll_D', True, [1])
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ class SpecError(ConfigError):
 class Criterion:
     """What picks a group's winner: a reported metric (never a ``test/`` one) and whether lower or higher wins."""
 
-    metric: str = "val/nll"
+    metric: str = "val/nll_D"
     mode: str = "min"
 
     def better(self, a: float, b: float) -> bool:
@@ -73,6 +79,8 @@ class Evaluation:
         inception_score: Also the Inception Score, where a logits classifier exists (``$INJFLOW_IS_CLASSIFIER``).
         seed: Seed of the samples.
         fid_cache: Folder of cached reference statistics (default: the library's, ``$INJFLOW_CACHE_DIR/fid``).
+        nll_D: Also the exact on-manifold NLL (``nll``) of ``split[:n]`` and its D-dimensional ``nll_D``
+            (:func:`injflow.sweep.scoring.likelihood_scores`): the likelihood that compares latent dimensions.
     """
 
     split: str = "val"
@@ -84,6 +92,7 @@ class Evaluation:
     inception_score: bool = False
     seed: int = 0
     fid_cache: str | None = None
+    nll_D: bool = False  # noqa: N815 (the metric's name)
 
     def sets(self) -> list[str]:
         """The scored sets: ``reconstruction`` (if asked) and the samplers."""
@@ -92,6 +101,7 @@ class Evaluation:
     def metric_names(self) -> list[str]:
         """The metrics it reports, prefixed by its split (``val/fid_gmm``, ``val/reconstruction_error``...)."""
         names = [f"{self.split}/fid_{s}" for s in self.sets()] + [f"{self.split}/reconstruction_error"]
+        names += [f"{self.split}/nll", f"{self.split}/nll_D"] if self.nll_D else []
         return names + ([f"{self.split}/is_{s}" for s in self.sets()] if self.inception_score else [])
 
     def to_dict(self) -> dict[str, Any]:
@@ -200,7 +210,11 @@ def spec_from_dict(data: Any, *, name: str = "sweep", base: str | Path | None = 
     evaluate = _evaluation(data.get("evaluate"), "val", None, fail, "evaluate")
     test = data.get("test")
     test = None if test is None or test is False else _evaluation({} if test is True else test, "test", evaluate, fail, "test")
-    select_all, criteria = _select(data.get("select", {"metric": "val/nll", "mode": "min"}), evaluate, fail)
+    select = data.get("select", dataclasses.asdict(Criterion()))
+    if _names_metric(select, "val/nll_D"):  # the default criterion needs no image scores: evaluate it whatever is asked
+        evaluate = _evaluation({"samplers": [], "nll_D": True}, "val", None, fail, "evaluate") if evaluate is None \
+            else dataclasses.replace(evaluate, nll_D=True)
+    select_all, criteria = _select(select, evaluate, fail)
     return SweepSpec(name=spec_name, config=config, set=tuple(overrides), grid=tuple(grid), group=tuple(group),
                      select=tuple(criteria), select_all=select_all, evaluate=evaluate, test=test, source=source)
 
@@ -285,7 +299,7 @@ def _evaluation(value: Any, split: str, inherit: Evaluation | None, fail: Any, k
     features = fields.get("features", Evaluation.features)
     if features not in FEATURES:
         raise fail(f"{key}.features", f"expected one of {', '.join(FEATURES)}, got {features!r}")
-    for flag in ("reconstruction", "disjoint", "inception_score"):
+    for flag in ("reconstruction", "disjoint", "inception_score", "nll_D"):
         if not isinstance(fields.get(flag, False), bool):
             raise fail(f"{key}.{flag}", f"expected true or false, got {fields[flag]!r}")
     seed = fields.get("seed", 0)
@@ -297,13 +311,19 @@ def _evaluation(value: Any, split: str, inherit: Evaluation | None, fail: Any, k
     evaluation = Evaluation(split=split, n=n, samplers=tuple(samplers), reconstruction=fields.get("reconstruction", False),
                             disjoint=fields.get("disjoint", True), features=features,
                             inception_score=fields.get("inception_score", False), seed=seed,
-                            fid_cache=str(Path(cache).expanduser().resolve()) if cache else None)
-    if not evaluation.sets():
-        raise fail(key, "scores nothing: give samplers or reconstruction: true")
+                            fid_cache=str(Path(cache).expanduser().resolve()) if cache else None,
+                            nll_D=fields.get("nll_D", False))
+    if not evaluation.sets() and not evaluation.nll_D:
+        raise fail(key, "scores nothing: give samplers, reconstruction: true or nll_D: true")
     return evaluation
 
 
-_EVAL_KEYS = ("n", "samplers", "reconstruction", "disjoint", "features", "inception_score", "seed", "fid_cache")
+_EVAL_KEYS = ("n", "samplers", "reconstruction", "disjoint", "features", "inception_score", "seed", "fid_cache", "nll_D")
+
+
+def _names_metric(select: Any, metric: str) -> bool:
+    items = select if isinstance(select, list) else [select]
+    return any(isinstance(item, dict) and item.get("metric") == metric for item in items)
 
 
 def _select(value: Any, evaluate: Evaluation | None, fail: Any) -> tuple[bool, list[Criterion]]:
@@ -324,11 +344,11 @@ def _select(value: Any, evaluate: Evaluation | None, fail: Any) -> tuple[bool, l
                                         "on a val/ metric and let `test` evaluate the selected trials")
         if mode not in ("min", "max"):
             raise fail("select.mode", f"expected min or max, got {mode!r}")
-        scored = metric.split("/", 1)[1].startswith(("fid_", "is_")) or metric.endswith("/reconstruction_error")
+        scored = metric.split("/", 1)[1].startswith(("fid_", "is_")) or metric.endswith(("/reconstruction_error", "/nll_D"))
         if scored and metric.startswith("val/"):
             if evaluate is None:
                 raise fail("select.metric", f"{metric!r} is an evaluation score, but the spec has no `evaluate` section "
-                                            f"(e.g. evaluate: {{samplers: [gmm]}})")
+                                            f"(e.g. evaluate: {{samplers: [gmm]}} or {{nll_D: true}})")
             if metric not in evaluate.metric_names():
                 raise fail("select.metric", f"{metric!r} is not scored by `evaluate`, which reports "
                                             f"{evaluate.metric_names()}")
