@@ -85,3 +85,52 @@ def test_fid_cache_key_names_the_device_and_keeps_the_cpu_key():
     extractor.device = torch.device("cuda")  # only the identity is read here
     assert extractor.identity == cpu + ";device=cuda"
     assert ReferenceStatsCache.key(images, extractor) != cpu_key
+
+
+# ------------------------------------------------------------------------------------------------ TF32 in evaluation
+
+
+def test_exact_numbers_of_evaluation_are_computed_without_tf32(monkeypatch):
+    """The exact NLL of ``injflow evaluate`` (on_manifold_likelihood: also the OOD scores), the reconstruction errors
+    of nll_D and the Jacobian spectra of ``injflow dimension`` run inside ``full_float32`` (TF32 shifts them by ~1e-3
+    relative on a GPU). Observed here by pretending CUDA is present, so that the block sets the backends' precision
+    ("ieee"), and recording it from inside the nets; the setting is restored afterwards."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.fp32_precision  # a backend setting, not an attribute monkeypatch can restore
+    matmul.fp32_precision = "tf32"
+    try:
+        seen = _precision_inside_evaluation(matmul)
+        assert matmul.fp32_precision == "tf32"
+    finally:
+        matmul.fp32_precision = saved
+    assert seen and set(seen) == {"ieee"}, seen
+
+
+def _precision_inside_evaluation(matmul) -> list[str]:
+    from injflow.dimension import _encoder_stretches
+    from injflow.metrics.ambient import reconstruction_errors
+    from injflow.metrics.likelihood import on_manifold_likelihood
+
+    seen: list[str] = []
+    torch.manual_seed(0)
+    enc, dec = torch.nn.Linear(3, 2), torch.nn.Linear(2, 3)
+
+    class Flow(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc, self.dec = enc, dec
+
+        def encode(self, x):
+            seen.append(matmul.fp32_precision)
+            return self.enc(x)
+
+        def decode(self, z):
+            seen.append(matmul.fp32_precision)
+            return self.dec(z)
+
+    flow, x = Flow(), torch.randn(4, 3)
+    on_manifold_likelihood(x, flow.encode, flow.decode)
+    reconstruction_errors(flow, x)
+    _encoder_stretches(flow, x, batch_size=4, chunk_size=None)
+    return seen
