@@ -295,6 +295,8 @@ STRATEGIES = (
     "fsdp_cpu_offload", "single_device",
 )
 PRECISIONS = ("32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
+#: Lightning precisions that keep the weights in half precision: refused (docs/training.md, "Precision").
+HALF_WEIGHTS = ("16-true", "bf16-true")
 
 
 def parse_duration(value: float | str | None, key: str = "duration") -> float | None:
@@ -429,6 +431,10 @@ class TrainConfig:
         for key, allowed in (("accelerator", ACCELERATORS), ("strategy", STRATEGIES), ("precision", PRECISIONS)):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"expected one of {', '.join(allowed)}, got {getattr(self, key)!r}", key=key)
+        if self.precision in HALF_WEIGHTS:
+            raise ConfigError(f"{self.precision} keeps the weights and the optimiser state in half precision, where the "
+                              f"log-determinant estimators and their conjugate gradients lose the digits they need; use "
+                              f"16-mixed or bf16-mixed (half-precision products, float32 weights)", key="precision")
         devices = self.devices
         if isinstance(devices, int):
             if devices < 1 and devices != -1:

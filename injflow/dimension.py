@@ -163,13 +163,15 @@ class DimensionEstimate:
 
 def _encoder_stretches(flow: Any, x: Tensor, *, batch_size: int, chunk_size: int | None) -> Tensor:
     """:math:`1/s_i(f'(x))`, descending, ``(N, d)`` float64 on the CPU."""
+    from .devices import full_float32
     from .estimators import encoder_jacobian
     from .metrics.spectrum import jacobian_singular_values
 
     device = next((p.device for p in flow.parameters()), torch.device("cpu"))
     out = []
     for i in range(0, x.shape[0], batch_size):
-        with torch.enable_grad():  # reverse mode needs a graph; the values are detached at once
+        # Reverse mode needs a graph (the values are detached at once); no TF32 on a GPU (injflow.devices).
+        with torch.enable_grad(), full_float32():
             jac = encoder_jacobian(flow.encode, x[i: i + batch_size].to(device), chunk_size=chunk_size).detach()
         s = jacobian_singular_values(jac.transpose(1, 2)).cpu()  # f'(x)ᵀ is tall (D × d): same singular values
         out.append((1.0 / s.clamp_min(1e-300)).flip(-1))

@@ -236,13 +236,19 @@ class StudentT(LatentDistribution):
     def sample(self, n: int, *, temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
         t = _check_temperature(temperature)
         eps = _randn(n, self.dim, self.loc, generator)
-        # torch's gamma sampler takes no generator: derive a seed from it so seeded draws repeat.
-        with torch.random.fork_rng(devices=[]):
-            if generator is not None:
-                seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-                torch.manual_seed(seed)
-            conc = torch.full((n,), self.df / 2, dtype=torch.float64)
-            u = 2 * torch._standard_gamma(conc)  # chi^2_nu = 2 * Gamma(nu/2, 1)
+        conc = torch.full((n,), self.df / 2, dtype=torch.float64)
+        if generator is None:
+            # The global stream of the device eps came from, advanced like any draw. (A forked CPU stream was restored
+            # after the draw: on a GPU, where eps leaves the CPU stream alone, every call drew the same χ² factors.)
+            u = 2 * torch._standard_gamma(conc.to(self.loc.device))  # chi^2_nu = 2 * Gamma(nu/2, 1)
+        else:
+            # torch's gamma sampler takes no generator: a seed drawn from the generator seeds the CPU stream inside a
+            # fork, so seeded draws repeat. Only the CPU generator is reseeded (torch.manual_seed would also reseed
+            # every CUDA device's stream, which the CPU-only fork does not restore).
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(seed)
+                u = 2 * torch._standard_gamma(conc)
         factor = (self.df / u).sqrt().to(eps)
         return eps * factor[:, None] * (self.scale * t)
 

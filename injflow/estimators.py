@@ -219,15 +219,20 @@ def sample_noise(
     shape = tuple(int(s) for s in shape)
     n = math.prod(shape)
     _check_n_samples(n_samples, n, "latent" if len(shape) == 1 else "data")
-    kw = dict(dtype=dtype, device=device, generator=generator)
+    out_dtype = dtype or torch.get_default_dtype()
+    # Half precision (mixed-precision training) is drawn in float32 and rounded once at the end: the normalisations
+    # and the orthogonalisation need the digits, and batched QR has no half-precision kernels.
+    work = torch.float32 if out_dtype in (torch.float16, torch.bfloat16) else out_dtype
+    kw = dict(dtype=work, device=device, generator=generator)
     if kind == "orthogonal" and n_samples == 1:
         # One column of a random orthogonal matrix is a uniform unit vector: sphere noise, without a batched QR.
         kind = "sphere"
     if kind == "orthogonal":
-        # QR of a Gaussian n×K matrix gives the first K columns of a uniformly random orthogonal matrix up to
-        # column signs, which cannot change εᵀAε (FIF App. D.3.5).
-        q = torch.linalg.qr(torch.randn(batch_size, n, n_samples, **kw)).Q
-        eps = q.permute(2, 0, 1) * math.sqrt(n)
+        # The Q factor of a Gaussian n×K matrix holds the first K columns of a uniformly random orthogonal matrix (up
+        # to column signs, which cannot change εᵀAε; FIF App. D.3.5).
+        g = torch.randn(batch_size, n, n_samples, **kw)
+        eps = (_gram_schmidt(g) if n_samples <= GRAM_SCHMIDT_MAX_K else torch.linalg.qr(g).Q).permute(2, 0, 1)
+        eps = eps * math.sqrt(n)
     elif kind == "sphere":
         eps = torch.randn(n_samples, batch_size, n, **kw)
         eps = eps * (math.sqrt(n) / eps.norm(dim=-1, keepdim=True))
@@ -235,8 +240,31 @@ def sample_noise(
         eps = torch.randn(n_samples, batch_size, n, **kw)
     else:
         eps = torch.randint(0, 2, (n_samples, batch_size, n), device=device, generator=generator)
-        eps = (2 * eps - 1).to(dtype or torch.get_default_dtype())
-    return eps.reshape(n_samples, batch_size, *shape)
+        eps = 2 * eps - 1
+    return eps.to(out_dtype).reshape(n_samples, batch_size, *shape)
+
+
+#: Up to this many Hutchinson samples, orthogonal noise is orthonormalised by Gram-Schmidt (a few batched vector
+#: operations) instead of a batched QR, which cuSOLVER runs as one launch per matrix of the batch.
+GRAM_SCHMIDT_MAX_K = 4
+
+
+def _gram_schmidt(g: Tensor) -> Tensor:
+    r"""The Q factor with positive :math:`\mathrm{diag}(R)` of each ``(n, K)`` matrix of ``g`` (B, n, K), by
+    Gram-Schmidt with one re-orthogonalisation ("twice is enough": orthogonal to working precision).
+
+    For Gaussian ``g`` this is exactly distributed as QR's Q (it *is* that Q up to the signs of its columns): the first
+    K columns of a Haar-random orthogonal matrix. About 6K vector operations on the whole batch, K ≤ 4.
+    """
+    columns: list[Tensor] = []
+    for k in range(g.shape[-1]):
+        v = g[..., k]
+        if columns:
+            q = torch.stack(columns, dim=-1)  # (B, n, k)
+            for _ in range(2):
+                v = v - torch.einsum("bnk,bk->bn", q, torch.einsum("bnk,bn->bk", q, v))
+        columns.append(v / v.norm(dim=-1, keepdim=True))
+    return torch.stack(columns, dim=-1)
 
 
 def vjp(
@@ -935,28 +963,43 @@ def injflow_terms(
 
 
 def conjugate_gradient(
-    matvec: Function, b: Tensor, *, tol: float = 1e-6, max_iter: int | None = None
+    matvec: Function, b: Tensor, *, tol: float = 1e-6, max_iter: int | None = None, check_every: int | None = None
 ) -> tuple[Tensor, int, Tensor]:
     r"""Solves :math:`A u = b` for a batch of symmetric positive-definite systems, one per row.
 
     Arguments:
         matvec: v (B, n) -> A v (B, n), applied to all rows at once.
         b: right-hand sides (B, n).
-        tol: stop when every row's residual satisfies :math:`\|r\| \le \text{tol}\,\|b\|`.
+        tol: stop when every row's residual satisfies :math:`\|r\| \le \text{tol}\,\|b\|`. In half precision
+            (mixed-precision training) the products cannot resolve less than the format's rounding, so the tolerance
+            is at least ``8 * torch.finfo(b.dtype).eps`` there; the iteration itself runs in float32.
         max_iter: iteration cap (default 2n; exact arithmetic needs at most n).
+        check_every: read the convergence test on the host every this many iterations, from the first on (default:
+            every iteration on the CPU, where the read is free; every 8 on accelerators, where each read waits for the
+            device). Extra iterations after convergence only refine the solution.
 
     Returns:
         ``(u, iterations, relative_residual)`` with the per-row relative residual (B,).
     """
     if max_iter is None:
         max_iter = 2 * b.shape[1]
+    if check_every is None:
+        check_every = 1 if b.device.type == "cpu" else 8
+    dtype = b.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        tol = max(tol, 8 * torch.finfo(dtype).eps)
+        half_matvec = matvec
+        matvec = lambda v: half_matvec(v.to(dtype)).float()  # noqa: E731
+        b = b.float()
     u = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()
     rs = (r * r).sum(1)
     b_norm = b.norm(dim=1).clamp_min(torch.finfo(b.dtype).tiny)
     iterations = 0
-    while iterations < max_iter and bool((rs.sqrt() > tol * b_norm).any()):
+    # No read before the first iteration: only b = 0 would converge there, and one more iteration leaves it at 0.
+    while iterations < max_iter and (iterations % check_every or iterations == 0
+                                     or bool((rs.sqrt() > tol * b_norm).any())):
         ap = matvec(p)
         curvature = (p * ap).sum(1)
         # Rows that have converged (or hit an exactly singular direction) stop moving.
@@ -967,7 +1010,7 @@ def conjugate_gradient(
         p = r + (rs_new / rs.clamp_min(torch.finfo(b.dtype).tiny))[:, None] * p
         rs = rs_new
         iterations += 1
-    return u, iterations, rs.sqrt() / b_norm
+    return u.to(dtype), iterations, rs.sqrt() / b_norm
 
 
 def rectangular_flow_surrogate(
@@ -1125,13 +1168,36 @@ def encoder_jacobian(encode: Function, x: Tensor, *, chunk_size: int | None = No
     return torch.cat(blocks, dim=1)
 
 
-def _half_log_det_gram(jacobian: Tensor, dtype: torch.dtype | None) -> Tensor:
-    r""":math:`\tfrac12\log\det(J^\top J)` for tall J (B, n, m), n ≥ m, as :math:`\sum_i \log|R_{ii}|` of J = QR.
+#: Below this ratio of the smallest to the largest diagonal entry of the Cholesky factor of JᵀJ, the log-determinant
+#: is recomputed by QR (the squared condition number of the Gram matrix would cost digits).
+CHOLESKY_MIN_RATIO = 1e-6
 
-    QR avoids forming the Gram matrix, which would square the condition number.
+
+def _half_log_det_gram(jacobian: Tensor, dtype: torch.dtype | None, method: str | None = None) -> Tensor:
+    r""":math:`\tfrac12\log\det(J^\top J)` for tall J (B, n, m), n ≥ m.
+
+    ``method="qr"`` (the CPU's): :math:`\sum_i \log|R_{ii}|` of J = QR, which avoids forming the Gram matrix (that
+    squares the condition number). ``method="cholesky"`` (accelerators' default in float64): :math:`\sum_i \log L_{ii}`
+    of :math:`J^\top J = LL^\top`, one batched launch where cuSOLVER runs a batched QR as one launch per matrix.
+    Forming the Gram matrix in float64 adds a relative error of about :math:`10^{-16}\kappa^2` to its smallest
+    eigenvalue, below the :math:`10^{-7}\kappa` a float32 Jacobian carries already while :math:`\kappa < 10^8`; rows
+    with :math:`\min_i L_{ii} / \max_i L_{ii} < 10^{-6}` (roughly κ > 1e6) or a failed factorisation are
+    recomputed by QR (one host read per call: evaluation and exact training only).
     """
     source = jacobian.dtype
-    r = torch.linalg.qr(jacobian if dtype is None else jacobian.to(dtype)).R
+    j = jacobian if dtype is None else jacobian.to(dtype)
+    if method is None:
+        method = "cholesky" if j.device.type != "cpu" and j.dtype == torch.float64 else "qr"
+    if method == "cholesky":
+        factor, info = torch.linalg.cholesky_ex(j.mT @ j)
+        diagonal = factor.diagonal(dim1=-2, dim2=-1)
+        half_log_det = diagonal.log().sum(-1)
+        failed = (info > 0) | ~(diagonal.amin(-1) >= CHOLESKY_MIN_RATIO * diagonal.amax(-1))
+        if bool(failed.any()):
+            qr = torch.linalg.qr(j[failed]).R.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1)
+            half_log_det = half_log_det.masked_scatter(failed, qr)
+        return half_log_det.to(source)
+    r = torch.linalg.qr(j).R
     return r.diagonal(dim1=-2, dim2=-1).abs().log().sum(-1).to(source)
 
 

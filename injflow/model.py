@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from . import persistence
+from .devices import full_float32
 from .distributions import LatentDistribution, StandardNormal, fit_sampler
 from .nets.normalization import use_composite_batchnorm
 from .scaling import AffineScaler
@@ -456,10 +457,10 @@ class InjectiveFlow(nn.Module):
 
         def one(xb: Tensor, view: Any) -> tuple[Tensor, Tensor]:
             xb = xb.to(device)
-            with torch.no_grad():
+            with torch.no_grad(), full_float32():  # exact numbers: no TF32 on a GPU (injflow.devices)
                 z = view.encode(xb)
                 x_hat = view.decode(z)
-            with torch.enable_grad():
+            with torch.enable_grad(), full_float32():
                 if square:
                     log_vol = -log_abs_det_jacobian(view.encode, xb, chunk_size=chunk_size)
                 else:

@@ -115,6 +115,9 @@ class Method:
     name: ClassVar[str] = "method"
     #: Names of fields that accept a schedule; they are logged at every step.
     scheduled: ClassVar[tuple[str, ...]] = ()
+    #: Whether some steps' objective leaves parameters without a gradient (e.g. Trumpet's stages): DDP must then be
+    #: told (``find_unused_parameters``, :func:`injflow.train.distributed.resolve_strategy`).
+    unused_parameters: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self.schedules: dict[str, Schedule] = {k: as_schedule(getattr(self, k), k) for k in self.scheduled}

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -250,6 +250,8 @@ class Trumpet(Method):
         manifold_steps: The number of stage-1 optimiser steps; when set it replaces ``manifold_fraction``.
         latent_consistency_weight: γ (their code: 1).
     """
+
+    unused_parameters: ClassVar[bool] = True  # each stage leaves the other stage's parameters without a gradient
 
     manifold_fraction: float = 0.5
     manifold_steps: int | None = None

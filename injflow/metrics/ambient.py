@@ -124,6 +124,8 @@ def reconstruction_errors(flow: Any, x: Tensor, *, c: Tensor | None = None, batc
     ``flow`` is an ``nn.Module`` with ``encode`` and ``decode`` (``encode(x, c)``/``decode(z, c)`` when ``c`` is
     given); the points go to the device of its parameters.
     """
+    from ..devices import full_float32
+
     device = next((p.device for p in flow.parameters()), torch.device("cpu"))
     was_training = flow.training
     flow.eval()
@@ -132,7 +134,8 @@ def reconstruction_errors(flow: Any, x: Tensor, *, c: Tensor | None = None, batc
         for i in range(0, x.shape[0], batch_size):
             xb = x[i: i + batch_size].to(device)
             args: tuple = () if c is None else (c[i: i + batch_size].to(device),)
-            x_hat = flow.decode(flow.encode(xb, *args), *args)
+            with full_float32():  # numbers compared across devices: no TF32 on a GPU (injflow.devices)
+                x_hat = flow.decode(flow.encode(xb, *args), *args)
             out.append((x_hat - xb).flatten(1).double().pow(2).sum(1).cpu())
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
     finally:

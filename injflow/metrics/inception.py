@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..devices import full_float32
+
 __all__ = [
     "INCEPTION_PACKAGE",
     "INCEPTION_FILE",
@@ -317,6 +319,10 @@ class InceptionFeatureExtractor(nn.Module):
             identity += f";input={self.input_range}"
         if self.channels_last:
             identity += ";channels_last"
+        if self.device.type != "cpu":
+            # Another device's kernels (cuDNN's convolution algorithms) give other round-off, ~1e-5 like channels_last;
+            # TF32, which would shift features by ~1e-3, is off in forward().
+            identity += f";device={self.device.type}"
         return identity
 
     def train(self, mode: bool = True) -> InceptionFeatureExtractor:
@@ -329,7 +335,8 @@ class InceptionFeatureExtractor(nn.Module):
                               quantize=self.quantize, input_range=self.input_range).to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        feats = self.net(x)
+        with full_float32():  # features in float32 everywhere (cuDNN would use TF32 by default)
+            feats = self.net(x)
         if feats.ndim > 2:  # a network that returns a spatial map: global average pool, as pool-3 does
             feats = feats.mean(dim=tuple(range(2, feats.ndim)))
         return feats.float().cpu()

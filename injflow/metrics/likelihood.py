@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..devices import full_float32
 from ..estimators import decoder_jacobian, log_abs_det_jacobian
 from .spectrum import jacobian_singular_values, spectrum_summary
 
@@ -111,7 +112,8 @@ def on_manifold_likelihood(
 
         starts = tqdm(starts, desc="exact NLL", unit="batch", leave=False, dynamic_ncols=True)
     parts: list[tuple[Tensor, ...]] = []
-    with torch.no_grad():
+    # Exact numbers compared across devices (and with the CPU's in tests): no TF32 on a GPU (injflow.devices).
+    with torch.no_grad(), full_float32():
         for start in starts:
             xb = x[start : start + batch_size]
             if device is not None:

@@ -31,7 +31,14 @@ __all__ = ["BatchNorm1d", "BatchNorm2d", "use_composite_batchnorm"]
 
 
 class _CompositeBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """Training-mode batch statistics from elementary ops; evaluation mode uses the fused kernel."""
+    r"""Training-mode batch statistics from elementary ops; evaluation mode uses the fused kernel.
+
+    One reduction pass for both statistics (``var_mean``) and the normalisation
+    :math:`(x - \mu)\cdot\gamma/\sqrt{\sigma^2+\epsilon} + \beta` with the per-channel scale folded first (C
+    numbers). Of the formulations measured, this dispatches the fewest operators in a whole FIF step, where its JVP and
+    double VJP are differentiated too (docs/benchmarks.md, "Operators per step"). No host read (the cumulative-average
+    factor of ``momentum=None`` stays a tensor), so ``torch.compile`` traces it whole and fuses it.
+    """
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
@@ -40,8 +47,7 @@ class _CompositeBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(input)
 
         dims = [0, *range(2, input.dim())]
-        mean = input.mean(dim=dims)
-        var = input.var(dim=dims, unbiased=False)
+        var, mean = torch.var_mean(input, dim=dims, unbiased=False)
 
         if self.training and self.track_running_stats and self.running_mean is not None:
             # Same running-statistics rule as the fused kernel: unbiased variance, momentum or
@@ -51,7 +57,7 @@ class _CompositeBatchNorm(nn.modules.batchnorm._BatchNorm):
                 if self.num_batches_tracked is not None:
                     self.num_batches_tracked.add_(1)
                 if self.momentum is None:
-                    factor = 1.0 / float(self.num_batches_tracked)
+                    factor = self.num_batches_tracked.to(self.running_mean.dtype).reciprocal()
                 else:
                     factor = self.momentum
                 n = input.numel() / input.shape[1]
@@ -60,10 +66,11 @@ class _CompositeBatchNorm(nn.modules.batchnorm._BatchNorm):
                 self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
 
         shape = [1, -1] + [1] * (input.dim() - 2)
-        out = (input - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        scale = torch.rsqrt(var + self.eps)
         if self.affine:
-            out = out * self.weight.view(shape) + self.bias.view(shape)
-        return out
+            scale = scale * self.weight
+        out = (input - mean.view(shape)) * scale.view(shape)
+        return out + self.bias.view(shape) if self.affine else out
 
 
 class BatchNorm1d(_CompositeBatchNorm, nn.BatchNorm1d):

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from ..errors import NonFiniteStateError
 from ..io import atomic_torch_save, load_torch
+from .distributed import any_process, check_finite_state
 
 __all__ = [
     "SafeCheckpointIO",
@@ -263,6 +264,7 @@ class GracefulStop(L.Callback):
         if checkpoints is not None:
             checkpoints.write(trainer)  # also the best checkpoint kept in memory
         else:
+            check_finite_state(trainer, trainer.lightning_module, self.path)
             trainer.save_checkpoint(self.path, weights_only=False)
         self.stopped_at = trainer.global_step
         if reason == "steps":
@@ -321,7 +323,9 @@ class RunCheckpoints(L.Callback):
             if better and math.isfinite(score):
                 self.best_score = score
                 self._pending_best = self._weights(trainer, pl_module)  # this epoch's weights, written with the next write
-        if self.write_at_epoch_end or time.monotonic() - self._written_at >= self.interval:
+        due = self.write_at_epoch_end or time.monotonic() - self._written_at >= self.interval
+        # Collective: a write ends in a barrier, and processes reading their own clocks may disagree (a hang).
+        if any_process(trainer, due):
             self.write(trainer)
             self.write_at_epoch_end = False
 
@@ -333,14 +337,14 @@ class RunCheckpoints(L.Callback):
         """A weights-only checkpoint of now (no optimiser state: ``best.ckpt`` is for evaluation, ``last.ckpt`` resumes)."""
         checkpoint = {"epoch": trainer.current_epoch, "global_step": trainer.global_step,
                       "state_dict": {k: v.detach().clone() for k, v in pl_module.state_dict().items()}}
-        pl_module.on_save_checkpoint(checkpoint)
-        checkpoint.pop("injflow_rng", None)
+        pl_module.describe_checkpoint(checkpoint)
         return checkpoint
 
     def write(self, trainer: L.Trainer) -> None:
         """Writes the pending best checkpoint and the current state as ``last.ckpt`` now."""
         import time
 
+        check_finite_state(trainer, trainer.lightning_module, self.last)  # on every process, before any barrier
         if self._pending_best is not None:
             if trainer.is_global_zero:
                 trainer.strategy.checkpoint_io.save_checkpoint(self._pending_best, self.best)
@@ -368,6 +372,7 @@ class PeriodicCheckpoint(L.Callback):
         if trainer.global_step % self.n:
             return
         if batch_idx + 1 < trainer.num_training_batches:
+            check_finite_state(trainer, trainer.lightning_module, self.path)
             trainer.save_checkpoint(self.path, weights_only=False)
             return
         for cb in trainer.callbacks:

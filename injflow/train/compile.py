@@ -60,6 +60,12 @@ class CompiledFIF:
         flow: The model (its encoder, decoder and latent).
         method: A :class:`~injflow.methods.FIF` with the default estimator (:func:`check_compilable`).
         backend: ``torch.compile``'s backend (``"inductor"``; ``"aot_eager"`` traces without generating code).
+
+    On a CUDA device with Inductor the function is compiled with ``mode="reduce-overhead"``: the whole gradient
+    computation is captured once as a CUDA graph and replayed every step, one launch instead of hundreds (small nets
+    are launch-bound). That needs a step without host reads, which this one is (no data-dependent control flow; β
+    enters as a device scalar filled in place, not copied from the host). The parameters and buffers are passed as
+    themselves, so the graph reads them where they live; the batch and the noise are copied into its inputs.
     """
 
     def __init__(self, flow: Any, method: Any, backend: str = "inductor") -> None:
@@ -84,7 +90,15 @@ class CompiledFIF:
                                         latent_log_prob=latent.log_prob)
             return terms["loss"].mean(), {k: v.detach() for k, v in terms.items()}
 
-        self._fn: Callable[..., Any] = torch.compile(grad_and_value(loss, has_aux=True), backend=backend, dynamic=False)
+        self.backend = backend
+        self._transform = grad_and_value(loss, has_aux=True)
+        self._fn: Callable[..., Any] | None = None  # compiled at the first call, for the device of the batch
+        self.cuda_graphs = False
+
+    def _compile(self, device: torch.device) -> Callable[..., Any]:
+        self.cuda_graphs = device.type == "cuda" and self.backend == "inductor"
+        mode = "reduce-overhead" if self.cuda_graphs else None
+        return torch.compile(self._transform, backend=self.backend, mode=mode, dynamic=False)
 
     def __call__(self, x: Tensor, clock: Any) -> tuple[dict[str, Tensor], list[Tensor]]:
         """The loss terms (per sample) and the gradients of the mean loss for one batch."""
@@ -94,8 +108,15 @@ class CompiledFIF:
         with torch.no_grad():
             d = self.flow.latent_dim
         eps = sample_noise(x.shape[0], (d,), m.n_hutchinson, m.noise, dtype=x.dtype, device=x.device)
-        beta = torch.tensor(m.weight("beta", clock), dtype=x.dtype, device=x.device)
-        params = {n: p.detach() for n, p in zip(self.names, self.params)}
+        # A fill on the device: torch.tensor(value, device=...) would copy from the host (a synchronisation).
+        beta = torch.full((), m.weight("beta", clock), dtype=x.dtype, device=x.device)
+        params = dict(zip(self.names, self.params))
         buffers = dict(self.flow.named_buffers())
-        grads, (_, terms) = self._fn(params, buffers, x, eps, beta)
+        if self._fn is None:
+            self._fn = self._compile(x.device)
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the outputs of the previous step may be overwritten
+        # torch.func.grad differentiates inside whatever the outer autograd state; outside, nothing is recorded.
+        with torch.no_grad():
+            grads, (_, terms) = self._fn(params, buffers, x, eps, beta)
         return terms, [grads[n] for n in self.names]

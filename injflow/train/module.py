@@ -134,6 +134,10 @@ class FlowModule(L.LightningModule):
             nets = nn.ModuleDict({"encoder": flow.encoder, "decoder": flow.decoder})
             self.ema = AveragedModel(nets, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
             self.ema.requires_grad_(False)
+            from .ema import EMAUpdater
+
+            # AveragedModel's own update reads its counter on the host twice per step (two GPU synchronisations).
+            self._ema_update = EMAUpdater(self.ema, ema_decay)
         self._rng_to_restore: dict[str, Any] | None = None
         self._train_sums, self._val_sums = _EpochSums(), _EpochSums()
         self._first_bad_step: Tensor | None = None
@@ -186,12 +190,16 @@ class FlowModule(L.LightningModule):
         self._timer = next((cb for cb in self.trainer.callbacks if isinstance(cb, Timer)), None)
 
     def on_train_start(self) -> None:
+        from .distributed import own_rng_state, process_seed, set_rng_state
+
         # Restored as late as possible: nothing between here and the first batch draws random numbers.
         if self._rng_to_restore is not None:
-            torch.set_rng_state(self._rng_to_restore["torch"])
-            if "cuda" in self._rng_to_restore and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(self._rng_to_restore["cuda"])
+            set_rng_state(own_rng_state(self._rng_to_restore, self.seed, self.global_step))
             self._rng_to_restore = None
+        elif self.trainer.global_rank > 0:
+            # Every process was seeded alike: without this, N processes would draw the same Hutchinson and input
+            # noise (K samples, not N·K). Rank 0 keeps the single-process stream.
+            torch.manual_seed(process_seed(self.seed, self.trainer.global_rank))
 
     def budget_progress(self) -> float | None:
         """The spent fraction of ``max_time`` (Lightning's timer, which a resumed run continues), or ``None``."""
@@ -333,7 +341,7 @@ class FlowModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None:
-            self.ema.update_parameters(nn.ModuleDict({"encoder": self.flow.encoder, "decoder": self.flow.decoder}))
+            self._ema_update(nn.ModuleDict({"encoder": self.flow.encoder, "decoder": self.flow.decoder}))
 
     def on_train_epoch_end(self) -> None:
         if self._train_sums.count:  # an epoch cut short by train.max_steps or train.max_time
@@ -376,11 +384,17 @@ class FlowModule(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Lightning does not save RNG states; bit-identical resume needs them (input and Hutchinson noise).
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        checkpoint["injflow_rng"] = rng
+        from .distributed import gather_rng_states
+
+        # Lightning does not save RNG states; bit-identical resume needs them (input and Hutchinson noise), one per
+        # process under DDP (a collective: every process saves a checkpoint together, see Trainer.save_checkpoint).
+        states = gather_rng_states()
+        checkpoint["injflow_rng"] = {**states[0], "ranks": states} if len(states) > 1 else states[0]
+        self.describe_checkpoint(checkpoint)
+
+    def describe_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Adds what injflow keeps in a checkpoint besides weights and RNG states: the model description, the
+        running sums of an interrupted epoch and the CSV row count (no collective: any process may call it)."""
         from ..persistence import CHECKPOINT_FORMAT
 
         checkpoint["injflow"] = {"format": CHECKPOINT_FORMAT, "version": 1, **self.describe}
@@ -390,5 +404,7 @@ class FlowModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._rng_to_restore = checkpoint.get("injflow_rng")
+        if self.ema is not None:
+            self._ema_update.reset()  # the restored counter is read again at the next update
         if "injflow_epoch_sums" in checkpoint:
             self._train_sums.load_state_dict(checkpoint["injflow_epoch_sums"], self.device)

@@ -309,6 +309,9 @@ def finish_run(plan: RunPlan, trainer: Any, module: Any, flag: Any) -> FitResult
     flow.config = config_to_dict(config) if plan.built_here else None
     if not trainer.is_global_zero:
         return result
+    # Lightning hands the model back on the CPU after fit: the post-fit work (samplers, pictures) and the returned
+    # model stay on the training device.
+    flow.to(trainer.strategy.root_device)
     # The exported model holds plain nets (e.g. AE+SN's weights divided by their spectral norm, a VAE's mean
     # encoder); its file says so, and loading it does not prepare the nets again.
     config.method.finalize(flow)

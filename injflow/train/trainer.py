@@ -27,6 +27,7 @@ def train_run(plan: RunPlan, flag: Any) -> tuple[Any, Any, Any]:
     from ..plots import draw_run_pictures
     from .callbacks import GracefulStop, MetricsCSVLogger, PeriodicCheckpoint, PlotCallback, RunCheckpoints, SafeCheckpointIO
     from .data import TensorDataModule
+    from .distributed import resolve_strategy
     from .loggers import build_loggers
     from .module import FlowModule
 
@@ -62,7 +63,7 @@ def train_run(plan: RunPlan, flag: Any) -> tuple[Any, Any, Any]:
             max_time=datetime.timedelta(seconds=t.max_time) if t.max_time else None,
             accelerator=t.accelerator,
             devices=t.devices,
-            strategy=t.strategy,
+            strategy=resolve_strategy(t, config.method),  # declares unused parameters for methods that leave some
             num_nodes=t.num_nodes,
             precision=t.precision,
             gradient_clip_val=config.optim.grad_clip,
