@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..loading import load_run_data
 from .spec import Evaluation
 
 __all__ = ["PooledPixels", "feature_extractor", "metric_name", "load_split", "score_run", "likelihood_scores",
@@ -84,16 +85,13 @@ def is_note(evaluation: Evaluation) -> str:
 
 def load_split(config: Any, split: str) -> Tensor:
     """The points of ``split`` of a run config's data set (as ``fit`` loads it: same seed and options)."""
-    return _split_with_labels(config, split)[0]
+    return _split(load_run_data(config), config, split)[0]
 
 
-def _split_with_labels(config: Any, split: str) -> tuple[Tensor, Tensor | None]:
-    from ..data import load_dataset
-
-    d = config.data
-    x, c = load_dataset(d.name, seed=d.seed, root=d.root, download=d.download, **d.options).split(split)
+def _split(data: Any, config: Any, split: str) -> tuple[Tensor, Tensor | None]:
+    x, c = data.split(split)
     if x is None:
-        raise ValueError(f"data set {d.name} has no {split} split")
+        raise ValueError(f"data set {config.data.name} has no {split} split")
     return x, c
 
 
@@ -133,11 +131,12 @@ def score_run(run_dir: str | Path, evaluation: Evaluation, *, device: str = "cpu
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.yaml")
     flow = inj.load(run_dir).to(device).eval()
-    x, c = _split_with_labels(config, evaluation.split)
+    data = load_run_data(config)  # once: the scored split and, for nll_D, the training split
+    x, c = _split(data, config, evaluation.split)
     n = evaluation.n
     out: dict[str, Any] = {"scores": {}, "images": 0, "is_note": None}
     if evaluation.nll_D:
-        x_train, c_train = _split_with_labels(config, "train")
+        x_train, c_train = _split(data, config, "train")
         conditional = flow.conditional
         out["scores"].update(likelihood_scores(flow, x[:n], x_train, c=c[:n] if conditional else None,
                                                c_train=c_train if conditional else None))
