@@ -162,12 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         (("--datasets",), {"nargs": "+", "choices": ["celeba"], "default": None,
                            "help": "smoke: run the CelebA path (the FIF row) on small files under --data-root"}),
     ])
-    results = S.run_sweeps(exp, build_specs(exp))
-    if isinstance(results, int):
-        return results
-    extra = assemble(results, exp)
-    exp.finish(**S.sweep_summary(results), **extra)
-    return 0
+    return S.run_table(exp, build_specs(exp), assemble)
 
 
 if __name__ == "__main__":

@@ -210,12 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         (("--methods",), {"nargs": "+", "choices": list(METHODS.values()), "default": None,
                           "help": "only these methods' grid entries of the spec"}),
     ])
-    results = S.run_sweeps(exp, build_specs(exp))
-    if isinstance(results, int):
-        return results
-    extra = assemble(results, exp)
-    exp.finish(**S.sweep_summary(results), **extra)
-    return 0
+    return S.run_table(exp, build_specs(exp), assemble)
 
 
 if __name__ == "__main__":

@@ -131,6 +131,17 @@ def example_images(result: Any, record: Any, *, n: int = 8, sampler: str = "gmm"
         return {"test": x, "reconstruction": flow(x), sampler: flow.sample(n, sampler=sampler, seed=seed)}
 
 
+def run_table(exp: Any, specs: list[Any], assemble: Callable[[list[Any], Any], dict[str, Any]]) -> int:
+    """A table script's whole run: its sweeps (:func:`run_sweeps`), then ``assemble(results, exp)`` writes the table
+    and returns what ``summary.json`` adds to :func:`sweep_summary`; returns the exit status (0: table written)."""
+    results = run_sweeps(exp, specs)
+    if isinstance(results, int):
+        return results
+    extra = assemble(results, exp)
+    exp.finish(**sweep_summary(results), **extra)
+    return 0
+
+
 def sweep_summary(results: list[Any]) -> dict[str, Any]:
     """What ``summary.json`` records about the sweeps: folders, selections, failures, seconds per trial."""
     return {
