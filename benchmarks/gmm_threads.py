@@ -12,7 +12,6 @@ cores. Record the load average with the numbers.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared harness beside this script
-from harness import load_average, machine, paired_ratio, time_interleaved  # noqa: E402
+from harness import load_average, machine, paired_ratio, report, time_interleaved  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,10 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         "pools_unbounded": [(i["user_api"], i["num_threads"]) for i in threadpool_info()],
         "machine": machine("cpu", args.threads), "load_average_before": load_before, "load_average_after": load_average(),
     }
-    print(json.dumps(result, indent=2))
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    report(result, args.out)
     return 0
 
 

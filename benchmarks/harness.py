@@ -9,16 +9,19 @@ it is the number to quote, with its inter-quartile range.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
-__all__ = ["Timing", "time_interleaved", "paired_ratio", "machine", "load_average"]
+__all__ = ["Timing", "time_interleaved", "paired_ratio", "machine", "load_average", "report"]
 
 
 @dataclass
@@ -77,6 +80,15 @@ def paired_ratio(variant: Timing, baseline: Timing) -> tuple[float, float, float
         return ratios[0], ratios[0], ratios[0]
     q = statistics.quantiles(ratios, n=4)
     return statistics.median(ratios), q[0], q[2]
+
+
+def report(result: dict[str, Any], out: Path | None) -> None:
+    """Prints a benchmark's result as JSON and, with ``out``, writes it to ``out/summary.json``."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(text + "\n")
 
 
 def load_average() -> str:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import sys
 import time
@@ -36,7 +35,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared harness beside this script
-from harness import load_average, machine, paired_ratio, time_interleaved  # noqa: E402
+from harness import load_average, machine, paired_ratio, report, time_interleaved  # noqa: E402
 
 D_LATENT, BATCH, LR = 16, 100, 1e-4  # the Pythae benchmark's MNIST latent size, batch size and learning rate
 
@@ -221,10 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         "trajectory": trajectory, "machine": machine("cpu", args.threads), "load_average": load_average(),
         "pythae": _version("pythae") if have_pythae else None, "wall_s": time.perf_counter() - start,
     }
-    print(json.dumps(result, indent=2))
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    report(result, args.out)
     return 0
 
 
